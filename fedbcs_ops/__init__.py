@@ -1,0 +1,25 @@
+"""fedbcs_ops: the low-level ops of FedBCS.
+
+- :class:`FSR` / :func:`fsr`: frequency-domain style recalibration in two memory passes.
+- :func:`spectral_mean_amplitude`: GAP of the amplitude spectrum (paper eq. 6).
+- :func:`class_sums` / :func:`class_prototypes`: masked per-class feature reduction.
+- :mod:`fedbcs_ops.reference`: the literal implementations, as test oracles.
+
+On CUDA tensors the work runs in Triton kernels; elsewhere in plain PyTorch.
+``FEDBCS_OPS_BACKEND=torch|triton`` forces a backend.
+"""
+
+from . import reference
+from ._class_sums import class_prototypes, class_sums, prototypes_from_sums
+from ._fsr import fsr, spectral_mean_amplitude
+from ._modules import FSR
+
+__all__ = [
+    "FSR",
+    "class_prototypes",
+    "class_sums",
+    "fsr",
+    "prototypes_from_sums",
+    "reference",
+    "spectral_mean_amplitude",
+]
