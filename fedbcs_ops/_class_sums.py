@@ -187,7 +187,7 @@ def _match_resolution(features, labels):
     """Nearest-downsample features along axes where the labels are coarser; check the rest."""
     h, w = features.shape[2:]
     H, W = labels.shape[1:]
-    if H < h or W < w:
+    if h > H or w > W:
         features = F.interpolate(features, size=(min(H, h), min(W, w)), mode="nearest")
         h, w = features.shape[2:]
     if H % h or W % w:

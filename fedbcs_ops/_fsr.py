@@ -27,6 +27,7 @@ through the same forward ops (docs/performance.md).
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import torch
 
@@ -171,7 +172,13 @@ def _kernels():
         dx = g * tl.load(cg_ptr + row) + x * tl.load(cx_ptr + row) + tl.load(c0_ptr + row)
         tl.store(dx_ptr + row * N + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
-    return triton, _fsr_stats_kernel, _fsr_apply_kernel, _fsr_bwd_reduce_kernel, _fsr_bwd_apply_kernel
+    return SimpleNamespace(
+        triton=triton,
+        stats=_fsr_stats_kernel,
+        apply=_fsr_apply_kernel,
+        bwd_reduce=_fsr_bwd_reduce_kernel,
+        bwd_apply=_fsr_bwd_apply_kernel,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -202,13 +209,13 @@ def _stats(x, kernels):
         mean = x.mean(dim=(2, 3))
         var = torch.linalg.vector_norm(x - mean[:, :, None, None], dim=(2, 3)).square_()
         return mean, var / (x.shape[2] * x.shape[3])
-    triton, stats_kernel, *_ = _kernels()
+    k = _kernels()
     B, C, H, W = x.shape
     rows, n = B * C, H * W
     splits, chunk, counts = _split_rows(rows, n)
     part_mean = torch.empty(rows, splits, device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
-    stats_kernel[(rows, splits)](x, part_mean, part_m2, n, chunk, splits, BLOCK=_REDUCE_BLOCK)
+    k.stats[(rows, splits)](x, part_mean, part_m2, n, chunk, splits, BLOCK=_REDUCE_BLOCK)
     counts = counts.to(device=x.device, dtype=torch.float32)
     mean = (part_mean * counts).sum(1) / n
     m2 = part_m2.sum(1) + (counts * (part_mean - mean[:, None]) ** 2).sum(1)
@@ -220,11 +227,11 @@ def _apply(x, alpha, beta, kernels):
     if not kernels:
         out = x.to(alpha.dtype) * alpha[:, :, None, None]
         return out.add_(beta[:, :, None, None]).to(x.dtype)
-    triton, _, apply_kernel, *_ = _kernels()
+    k = _kernels()
     B, C, H, W = x.shape
     out = torch.empty_like(x)
-    grid = (B * C, triton.cdiv(H * W, _APPLY_BLOCK))
-    apply_kernel[grid](x, out, alpha.float().contiguous(), beta.float().contiguous(), H * W,
+    grid = (B * C, k.triton.cdiv(H * W, _APPLY_BLOCK))
+    k.apply[grid](x, out, alpha.float().contiguous(), beta.float().contiguous(), H * W,
                        BLOCK=_APPLY_BLOCK)  # fmt: skip
     return out
 
@@ -236,13 +243,13 @@ def _bwd_reduce(grad, x, mean, kernels):
         g = grad.to(acc)
         centred = x.to(acc) - mean[:, :, None, None]
         return g.sum((2, 3)), centred.mul_(g).sum((2, 3))
-    triton, _, _, reduce_kernel, _ = _kernels()
+    k = _kernels()
     B, C, H, W = x.shape
     rows, n = B * C, H * W
     splits, chunk, _ = _split_rows(rows, n)
     part_sg = torch.empty(rows, splits, device=x.device, dtype=torch.float32)
     part_sc = torch.empty_like(part_sg)
-    reduce_kernel[(rows, splits)](grad, x, mean.contiguous(), part_sg, part_sc, n, chunk, splits,
+    k.bwd_reduce[(rows, splits)](grad, x, mean.contiguous(), part_sg, part_sc, n, chunk, splits,
                                   BLOCK=_REDUCE_BLOCK)  # fmt: skip
     return part_sg.sum(1).view(B, C), part_sc.sum(1).view(B, C)
 
@@ -254,11 +261,11 @@ def _bwd_apply(grad, x, cg, cx, c0, kernels):
         dx = x.to(acc) * cx[:, :, None, None]
         dx.add_(c0[:, :, None, None]).addcmul_(grad.to(acc), cg[:, :, None, None])
         return dx.to(x.dtype)
-    triton, *_, bwd_apply_kernel = _kernels()
+    k = _kernels()
     B, C, H, W = x.shape
     dx = torch.empty_like(x)
-    grid = (B * C, triton.cdiv(H * W, _APPLY_BLOCK))
-    bwd_apply_kernel[grid](grad, x, dx, cg.contiguous(), cx.contiguous(), c0.contiguous(), H * W,
+    grid = (B * C, k.triton.cdiv(H * W, _APPLY_BLOCK))
+    k.bwd_apply[grid](grad, x, dx, cg.contiguous(), cx.contiguous(), c0.contiguous(), H * W,
                            BLOCK=_APPLY_BLOCK)  # fmt: skip
     return dx
 
@@ -339,7 +346,9 @@ def _check_affine(name: str, value, channels: int) -> None:
         return
     check_tensor(name, value, ndim=1, kind="float")
     if value.shape[0] != channels:
-        raise ValueError(f"{name} must have shape [{channels}] (channels of x), got {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must have shape [{channels}] (channels of x), got {tuple(value.shape)}"
+        )
 
 
 def fsr(x, a, b, weight=None, bias=None, eps: float = 1e-5):

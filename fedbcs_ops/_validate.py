@@ -17,7 +17,9 @@ def check_tensor(
         )
     if kind == "float" and not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-    if kind == "int" and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+    if kind == "int" and (
+        value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+    ):
         raise TypeError(f"{name} must be an integer tensor, got {value.dtype}")
     return value
 

@@ -1,0 +1,32 @@
+# `make run`: set up .venv and run the main job. `make test`: set up .venv and run the tests.
+# The venv is created once and reinstalled only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench gpu-check
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m pytest benchmarks --benchmark-enable -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-enable -q -p no:cacheprovider
+
+gpu-check:
+	benchmarks/gpu_check.sh
