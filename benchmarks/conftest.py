@@ -39,8 +39,16 @@ def pytest_sessionfinish(session, exitstatus):
     bs = getattr(session.config, "_benchmarksession", None)
     if bs is None or bs.disabled or not bs.benchmarks:
         return
-    rows = [(b.group, b.params["provider"], b.stats.min) for b in bs.benchmarks if b.stats]
+    rows = [
+        (b.group, b.params["provider"], b.stats.min)
+        for b in bs.benchmarks
+        if b.stats and b.params and "provider" in b.params
+    ]
     table = ratio_table(rows, BASELINES)
+    for b in bs.benchmarks:
+        if "ratio" in b.extra_info:
+            details = ", ".join(f"{k} = {v:.4g}" for k, v in sorted(b.extra_info.items()))
+            table += f"\n{b.group}: {details}\n"
     out = Path(os.environ.get("FEDBCS_BENCH_REPORT", ".benchmarks/ratios.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)

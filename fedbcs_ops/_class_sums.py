@@ -152,12 +152,26 @@ def _class_sums_triton(features, labels, num_classes, ignore_index):
     part_sums = torch.empty(B, splits, C, block_k, device=features.device, dtype=torch.float32)
     part_counts = torch.empty(B, splits, block_k, device=features.device, dtype=torch.float32)
     kernel[(B, c_blocks, splits)](
-        features, labels, part_sums, part_counts,
-        C, h * w, w, H, W, H // h, W // w, num_classes,
+        features,
+        labels,
+        part_sums,
+        part_counts,
+        C,
+        h * w,
+        w,
+        H,
+        W,
+        H // h,
+        W // w,
+        num_classes,
         -1 if ignore_index is None else ignore_index,
-        pix_per_split, splits,
-        HAS_IGNORE=ignore_index is not None, BLOCK_C=block_c, BLOCK_P=_BLOCK_P, BLOCK_K=block_k,
-    )  # fmt: skip
+        pix_per_split,
+        splits,
+        HAS_IGNORE=ignore_index is not None,
+        BLOCK_C=block_c,
+        BLOCK_P=_BLOCK_P,
+        BLOCK_K=block_k,
+    )
     sums = part_sums.sum((0, 1))[:, :num_classes].T.contiguous()
     counts = part_counts.sum((0, 1))[:num_classes]
     return sums, counts
@@ -230,8 +244,9 @@ def class_sums(features, labels, num_classes: int, ignore_index: int | None = No
     _check_labels(labels, num_classes, ignore_index)
     features = _match_resolution(features, labels)
     if use_triton("class_sums", features):
-        return _class_sums_triton(features.contiguous(), labels.contiguous(), num_classes,
-                                  ignore_index)  # fmt: skip
+        return _class_sums_triton(
+            features.contiguous(), labels.contiguous(), num_classes, ignore_index
+        )
     return _class_sums_torch(features, labels, num_classes, ignore_index)
 
 

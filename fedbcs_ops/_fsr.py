@@ -231,8 +231,9 @@ def _apply(x, alpha, beta, kernels):
     B, C, H, W = x.shape
     out = torch.empty_like(x)
     grid = (B * C, k.triton.cdiv(H * W, _APPLY_BLOCK))
-    k.apply[grid](x, out, alpha.float().contiguous(), beta.float().contiguous(), H * W,
-                       BLOCK=_APPLY_BLOCK)  # fmt: skip
+    k.apply[grid](
+        x, out, alpha.float().contiguous(), beta.float().contiguous(), H * W, BLOCK=_APPLY_BLOCK
+    )
     return out
 
 
@@ -249,8 +250,9 @@ def _bwd_reduce(grad, x, mean, kernels):
     splits, chunk, _ = _split_rows(rows, n)
     part_sg = torch.empty(rows, splits, device=x.device, dtype=torch.float32)
     part_sc = torch.empty_like(part_sg)
-    k.bwd_reduce[(rows, splits)](grad, x, mean.contiguous(), part_sg, part_sc, n, chunk, splits,
-                                  BLOCK=_REDUCE_BLOCK)  # fmt: skip
+    k.bwd_reduce[(rows, splits)](
+        grad, x, mean.contiguous(), part_sg, part_sc, n, chunk, splits, BLOCK=_REDUCE_BLOCK
+    )
     return part_sg.sum(1).view(B, C), part_sc.sum(1).view(B, C)
 
 
@@ -265,8 +267,9 @@ def _bwd_apply(grad, x, cg, cx, c0, kernels):
     B, C, H, W = x.shape
     dx = torch.empty_like(x)
     grid = (B * C, k.triton.cdiv(H * W, _APPLY_BLOCK))
-    k.bwd_apply[grid](grad, x, dx, cg.contiguous(), cx.contiguous(), c0.contiguous(), H * W,
-                           BLOCK=_APPLY_BLOCK)  # fmt: skip
+    k.bwd_apply[grid](
+        grad, x, dx, cg.contiguous(), cx.contiguous(), c0.contiguous(), H * W, BLOCK=_APPLY_BLOCK
+    )
     return dx
 
 

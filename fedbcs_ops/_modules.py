@@ -34,8 +34,9 @@ class FSR(nn.Module):
         torch.Size([2, 16, 32, 32])
     """
 
-    def __init__(self, channels: int, gate: str = "static", temperature: float = 0.1,
-                 eps: float = 1e-5):  # fmt: skip
+    def __init__(
+        self, channels: int, gate: str = "static", temperature: float = 0.1, eps: float = 1e-5
+    ):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"unknown FSR gate {gate!r}; valid: {', '.join(GATES)}")

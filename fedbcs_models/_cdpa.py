@@ -1,0 +1,282 @@
+"""CDPA (paper section 3.3): the fusion heads and the per-stream embeddings.
+
+Per stream (encoder, decoder) with tapped levels e_0 (finest) .. e_{L-1} (deepest), each
+shallow level l < L-1 is fused with a partner level p(l) — the deepest, p(l) = L-1
+(``"deepest"``, the released code) or the next deeper, p(l) = l+1 (``"adjacent"``,
+eq. 10) — by a 1×1 conv of the concatenation:
+
+    fused_l = W_l [e_l ; up(e_p)] + b_l = A_l e_l + up(B_l e_p) + b_l
+
+(nearest upsampling commutes with a 1×1 conv). The stream embedding is the concatenation
+of the fused levels, each nearest-resampled to the target resolution: (L-1)·proto_dim
+channels per pixel, 768 at full resolution in the paper's setting. It is never built in
+training: with q = [q_0; ..; q_{L-2}] a prototype split per level,
+
+    e·q   = Σ_l R( (q_l A_l) e_l + q_l·b_l + up((q_l B_l) e_p) )
+    ‖e‖²  = Σ_l R( e_l·(G_AA e_l + 2 up(G_AB e_p) + 2 A_lᵀb_l)
+                 + up(e_p·(G_BB e_p + 2 B_lᵀb_l)) + ‖b_l‖² )
+
+with R the nearest resampling to the target and G_AA = A_lᵀA_l, G_AB = A_lᵀB_l,
+G_BB = B_lᵀB_l: every term is a few channels at its level's own resolution. Cosine
+similarities and squared distances follow. Class sums are linear in the features, so
+they come from :func:`fedbcs_ops.class_sums` of each level, mapped by A_l and B_l.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbcs_ops import class_sums
+from fedbcs_ops._validate import check_tensor
+
+STREAMS = ("encoder", "decoder")
+
+FUSIONS = {
+    "deepest": lambda levels: [levels - 1] * (levels - 1),
+    "adjacent": lambda levels: list(range(1, levels)),
+}
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="nearest")
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, weight[:, :, None, None])
+
+
+class StreamEmbedding:
+    """The per-pixel embedding of one stream, kept as its per-level parts.
+
+    Built by :class:`CDPAHead`. All results are at ``target_size`` and differentiable
+    with respect to the features, the fusion convs and the prototypes.
+
+    Attributes:
+        levels: the tapped feature maps, finest first.
+        partners: for each fused level, the index of the level it is fused with.
+        fusions: the 1×1 fusion convs, one per fused level.
+        target_size: ``(Ht, Wt)``.
+        dim: D = len(partners) · proto_dim, the embedding channels.
+    """
+
+    def __init__(self, levels, partners, fusions, target_size):
+        self.levels = levels
+        self.partners = partners
+        self.fusions = fusions
+        self.target_size = tuple(target_size)
+        self.proto_dim = fusions[0].out_channels
+        self.dim = len(partners) * self.proto_dim
+
+    def _parts(self):
+        """Per fused level: (e_l, e_p, A_l, B_l, b_l), e_l no finer than the target.
+
+        Every term is per pixel, so nearest-downsampling e_l to a coarser target first
+        gives the same result without computing pixels that would be dropped.
+        """
+        for level, (partner, fusion) in enumerate(zip(self.partners, self.fusions, strict=True)):
+            e, e_partner = self.levels[level], self.levels[partner]
+            if e.shape[-2] >= self.target_size[0] and e.shape[-1] >= self.target_size[1]:
+                e = _resize(e, self.target_size)
+            weight = fusion.weight[:, :, 0, 0]
+            yield e, e_partner, weight[:, : e.shape[1]], weight[:, e.shape[1] :], fusion.bias
+
+    def _check_protos(self, protos: torch.Tensor) -> None:
+        check_tensor("protos", protos, ndim=2, kind="float")
+        if protos.shape[1] != self.dim:
+            raise ValueError(
+                f"protos must have shape [M, {self.dim}] (the embedding dim), "
+                f"got {tuple(protos.shape)}"
+            )
+
+    def dot(self, protos: torch.Tensor) -> torch.Tensor:
+        """Per-pixel dot products with prototypes ``[M, D]``: ``[B, M, Ht, Wt]``."""
+        self._check_protos(protos)
+        total = 0
+        chunks = protos.split(self.proto_dim, dim=1)
+        for (e, e_partner, a, b, bias), q in zip(self._parts(), chunks, strict=True):
+            part = _conv1x1(e, q @ a) + (q @ bias)[None, :, None, None]
+            part = part + _resize(_conv1x1(e_partner, q @ b), e.shape[-2:])
+            total = total + _resize(part, self.target_size)
+        return total
+
+    def sq_norm(self) -> torch.Tensor:
+        """Per-pixel squared norm ``‖e‖²``: ``[B, Ht, Wt]``."""
+        total = 0
+        for e, e_partner, a, b, bias in self._parts():
+            linear = _conv1x1(e, a.T @ a) + 2 * (a.T @ bias)[None, :, None, None]
+            linear = linear + 2 * _resize(_conv1x1(e_partner, a.T @ b), e.shape[-2:])
+            deep = _conv1x1(e_partner, b.T @ b) + 2 * (b.T @ bias)[None, :, None, None]
+            deep = (e_partner * deep).sum(1, keepdim=True)
+            part = (e * linear).sum(1, keepdim=True) + _resize(deep, e.shape[-2:])
+            total = total + _resize(part + bias @ bias, self.target_size)
+        return total[:, 0].clamp_min(0)
+
+    def cosine(
+        self, protos: torch.Tensor, sq_norm: torch.Tensor | None = None, eps: float = 1e-8
+    ) -> torch.Tensor:
+        """Per-pixel cosine similarity to prototypes ``[M, D]``: ``[B, M, Ht, Wt]``.
+
+        Args:
+            protos: ``[M, D]`` prototypes.
+            sq_norm: :meth:`sq_norm`, if already computed (default: computed here).
+            eps: lower bound of each norm (default 1e-8, as ``F.normalize``'s 1e-12
+                would be too small for float32 squared norms).
+        """
+        self._check_protos(protos)
+        if sq_norm is None:
+            sq_norm = self.sq_norm()
+        norms = sq_norm.sqrt().clamp_min(eps)[:, None]
+        proto_norms = protos.norm(dim=1).clamp_min(eps)[None, :, None, None]
+        return self.dot(protos) / (norms * proto_norms)
+
+    def sq_distance(self, protos: torch.Tensor, sq_norm: torch.Tensor | None = None):
+        """Per-pixel squared distance ``‖e − q‖²`` to prototypes ``[M, D]``: ``[B, M, Ht, Wt]``.
+
+        Args:
+            protos: ``[M, D]`` prototypes.
+            sq_norm: :meth:`sq_norm`, if already computed (default: computed here).
+        """
+        self._check_protos(protos)
+        if sq_norm is None:
+            sq_norm = self.sq_norm()
+        proto_sq_norms = protos.square().sum(1)[None, :, None, None]
+        return (sq_norm[:, None] - 2 * self.dot(protos) + proto_sq_norms).clamp_min(0)
+
+    def labels_at_target(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels ``[B, H, W]`` nearest-resampled to ``target_size``, as the released code."""
+        check_tensor("labels", labels, ndim=3, kind="int")
+        if labels.shape[0] != self.levels[0].shape[0]:
+            raise ValueError(
+                f"labels batch {labels.shape[0]} differs from the features' batch "
+                f"{self.levels[0].shape[0]}"
+            )
+        if tuple(labels.shape[-2:]) == self.target_size:
+            return labels
+        resized = F.interpolate(labels[:, None].float(), size=self.target_size, mode="nearest")
+        return resized[:, 0].to(labels.dtype)
+
+    def prototype_sums(
+        self, labels: torch.Tensor, num_classes: int, ignore_index: int | None = None
+    ):
+        """Per-class sums of the embedding over the pixels of each class, and the counts.
+
+        Equal to :func:`fedbcs_ops.class_sums` of :meth:`materialize` with
+        :meth:`labels_at_target` labels, computed per level.
+
+        Args:
+            labels: ``[B, H, W]`` integer class ids at any resolution.
+            num_classes: K.
+            ignore_index: a label value to skip (default None).
+
+        Returns:
+            ``(sums [K, D] float32, counts [K] float32)``; divide with
+            :func:`fedbcs_ops.prototypes_from_sums`.
+        """
+        labels = self.labels_at_target(labels)
+        level_sums = {}
+        for index in {*range(len(self.partners)), *self.partners}:
+            level_sums[index], counts = class_sums(
+                self.levels[index], labels, num_classes, ignore_index
+            )
+        sums = []
+        for level, (partner, (_, _, a, b, bias)) in enumerate(
+            zip(self.partners, self._parts(), strict=True)
+        ):
+            part = level_sums[level] @ a.T.float() + level_sums[partner] @ b.T.float()
+            sums.append(part + counts[:, None] * bias.float())
+        return torch.cat(sums, dim=1), counts
+
+    def materialize(self) -> torch.Tensor:
+        """The concatenated embedding ``[B, D, Ht, Wt]``, literally: the test oracle."""
+        fused = []
+        for level, (partner, fusion) in enumerate(zip(self.partners, self.fusions, strict=True)):
+            e = self.levels[level]
+            concat = torch.cat([e, _resize(self.levels[partner], e.shape[-2:])], dim=1)
+            fused.append(_resize(fusion(concat), self.target_size))
+        return torch.cat(fused, dim=1)
+
+
+class CDPAHead(nn.Module):
+    """The CDPA fusion convs of both streams.
+
+    Args:
+        encoder_channels: channels of the tapped encoder levels, finest first (≥ 2).
+        decoder_channels: the same for the decoder.
+        proto_dim: output channels of each fusion conv (default 256, the paper's).
+        fusion: partner of each shallow level, ``"deepest"`` (default, released) or
+            ``"adjacent"`` (paper eq. 10).
+        encoder_target: stride (relative to the model input) of the encoder embedding;
+            None (default) is the finest tapped encoder level, as released.
+        decoder_target: the same for the decoder (default 4, as released; None is the
+            finest tapped decoder level).
+
+    ``forward(encoder_levels, decoder_levels, input_size)`` returns
+    ``{"encoder": StreamEmbedding, "decoder": StreamEmbedding}``.
+    """
+
+    def __init__(
+        self,
+        encoder_channels,
+        decoder_channels,
+        proto_dim: int = 256,
+        fusion: str = "deepest",
+        encoder_target: int | None = None,
+        decoder_target: int | None = 4,
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; valid: {', '.join(FUSIONS)}")
+        if not isinstance(proto_dim, int) or proto_dim < 1:
+            raise ValueError(f"proto_dim must be a positive int, got {proto_dim!r}")
+        channels = {"encoder": list(encoder_channels), "decoder": list(decoder_channels)}
+        targets = {"encoder": encoder_target, "decoder": decoder_target}
+        for stream in STREAMS:
+            if len(channels[stream]) < 2:
+                raise ValueError(
+                    f"{stream}_channels must list at least 2 levels, got {channels[stream]}"
+                )
+            target = targets[stream]
+            if target is not None and (not isinstance(target, int) or target < 1):
+                raise ValueError(f"{stream}_target must be None or a positive int, got {target!r}")
+        self.fusion = fusion
+        self.proto_dim = proto_dim
+        self.channels = channels
+        self.targets = targets
+        self.partners = {stream: FUSIONS[fusion](len(channels[stream])) for stream in STREAMS}
+        self.fusions = nn.ModuleDict(
+            {
+                stream: nn.ModuleList(
+                    nn.Conv2d(channels[stream][level] + channels[stream][partner], proto_dim, 1)
+                    for level, partner in enumerate(self.partners[stream])
+                )
+                for stream in STREAMS
+            }
+        )
+
+    def embedding_dim(self, stream: str) -> int:
+        """D of a stream's embedding: (levels − 1) · proto_dim."""
+        return len(self.partners[stream]) * self.proto_dim
+
+    def forward(self, encoder_levels, decoder_levels, input_size) -> dict[str, StreamEmbedding]:
+        levels = {"encoder": list(encoder_levels), "decoder": list(decoder_levels)}
+        embeddings = {}
+        for stream in STREAMS:
+            found = [level.shape[1] for level in levels[stream]]
+            if found != self.channels[stream]:
+                raise ValueError(
+                    f"{stream}_levels have channels {found}, the head was built for "
+                    f"{self.channels[stream]}"
+                )
+            target = self.targets[stream]
+            if target is None:
+                size = levels[stream][0].shape[-2:]
+            else:
+                size = (input_size[0] // target, input_size[1] // target)
+            embeddings[stream] = StreamEmbedding(
+                levels[stream], self.partners[stream], self.fusions[stream], size
+            )
+        return embeddings

@@ -1,0 +1,235 @@
+"""CDPA: the per-level decomposition equals the materialised embedding (the oracle)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+
+from fedbcs_models import FUSIONS, CDPAHead, CDPAModel, UNet, build_fedbcs_unet
+from fedbcs_ops import reference
+
+RTOL = 1e-5
+NUM_CLASSES = 3
+
+
+def assert_relative(actual, expected, rtol=RTOL, what=""):
+    """max |actual − expected| ≤ rtol · max |expected|, printing where they differ."""
+    error = (actual - expected).abs()
+    scale = expected.abs().max().clamp_min(1e-12)
+    worst = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape))
+    assert error.max() <= rtol * scale, (
+        f"{what}: max error {error.max():.3g} at {worst} "
+        f"({actual[worst]:.6g} vs {expected[worst]:.6g}), scale {scale:.3g}"
+    )
+
+
+def _backbones():
+    yield "unet", lambda: UNet(in_channels=1, classes=2, init_features=8, fsr_stages=(2, 3, 4))
+    yield (
+        "smp-fpn",
+        lambda: smp.FPN(
+            "resnet18",
+            encoder_weights=None,
+            in_channels=1,
+            classes=2,
+            decoder_pyramid_channels=32,
+            decoder_segmentation_channels=32,
+        ),
+    )
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(b, f) for b in dict(_backbones()) for f in FUSIONS],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def embedded(request):
+    backbone, fusion = request.param
+    torch.manual_seed(0)
+    model = CDPAModel(dict(_backbones())[backbone](), proto_dim=16, fusion=fusion)
+    x = torch.randn(2, 1, 64, 64)
+    labels = torch.randint(0, NUM_CLASSES, (2, 64, 64))
+    _, embeddings = model.forward_with_embeddings(x)
+    return model, x, labels, embeddings
+
+
+def _oracle(full, protos):
+    pixels = full[:, None]  # [B, 1, D, H, W]
+    protos = protos[None, :, :, None, None]  # [1, M, D, 1, 1]
+    return {
+        "cosine": F.cosine_similarity(pixels, protos, dim=2),
+        "sq_norm": full.square().sum(1),
+        "sq_distance": (pixels - protos).square().sum(2),
+    }
+
+
+@pytest.mark.parametrize("stream", ["encoder", "decoder"])
+def test_decomposition_equals_materialised(embedded, stream):
+    *_, embeddings = embedded
+    embedding = embeddings[stream]
+    protos = torch.randn(5, embedding.dim)
+    with torch.no_grad():
+        expected = _oracle(embedding.materialize(), protos)
+        assert_relative(embedding.cosine(protos), expected["cosine"], what="cosine")
+        assert_relative(embedding.sq_norm(), expected["sq_norm"], what="sq_norm")
+        assert_relative(embedding.sq_distance(protos), expected["sq_distance"], what="sq_dist")
+
+
+@pytest.mark.parametrize("stream", ["encoder", "decoder"])
+def test_gradients_equal_materialised(embedded, stream):
+    model, x, *_ = embedded
+    x = x[..., :32, :32]
+    protos = torch.randn(4, model.head.embedding_dim(stream), requires_grad=True)
+
+    def grads(loss_of):
+        model.zero_grad()
+        protos.grad = None
+        _, embeddings = model.forward_with_embeddings(x)
+        loss_of(embeddings[stream]).backward()
+        head = [p.grad.clone() for p in model.head.fusions[stream].parameters()]
+        return [*head, protos.grad.clone()]
+
+    def decomposed(e):
+        return e.cosine(protos).sum() + e.sq_distance(protos).mean()
+
+    def materialised(e):
+        o = _oracle(e.materialize(), protos)
+        return o["cosine"].sum() + o["sq_distance"].mean()
+
+    for got, want in zip(grads(decomposed), grads(materialised), strict=True):
+        assert_relative(got, want, rtol=1e-4, what="gradient")
+
+
+@pytest.mark.parametrize("ignore_index", [None, 0])
+def test_prototype_sums_equal_class_sums_of_materialised(embedded, ignore_index):
+    model, _, labels, embeddings = embedded
+    sums = model.stream_prototype_sums(embeddings, labels, NUM_CLASSES, ignore_index)
+    for stream, embedding in embeddings.items():
+        target_labels = embedding.labels_at_target(labels)
+        assert target_labels.shape[-2:] == embedding.target_size
+        want_sums, want_counts = reference.class_sums(
+            embedding.materialize().detach(), target_labels, NUM_CLASSES, ignore_index
+        )
+        got_sums, got_counts = sums[stream]
+        torch.testing.assert_close(got_counts, want_counts)
+        assert_relative(got_sums.detach(), want_sums, what=f"{stream} sums")
+
+
+def test_fusion_partners():
+    head = CDPAHead([8, 16, 32, 64], [8, 16, 32], proto_dim=4, fusion="deepest")
+    assert head.partners == {"encoder": [3, 3, 3], "decoder": [2, 2]}
+    assert [conv.in_channels for conv in head.fusions["encoder"]] == [72, 80, 96]
+    head = CDPAHead([8, 16, 32, 64], [8, 16, 32], proto_dim=4, fusion="adjacent")
+    assert head.partners == {"encoder": [1, 2, 3], "decoder": [1, 2]}
+    assert [conv.in_channels for conv in head.fusions["encoder"]] == [24, 48, 96]
+
+
+def test_paper_setting_shapes_and_targets():
+    model = build_fedbcs_unet(in_channels=1, classes=2, init_features=8, proto_dim=16)
+    _, embeddings = model.forward_with_embeddings(torch.randn(1, 1, 64, 64))
+    assert embeddings["encoder"].target_size == (64, 64)  # finest tapped level: enc1
+    assert embeddings["decoder"].target_size == (16, 16)  # stride 4: dec3
+    assert embeddings["encoder"].dim == embeddings["decoder"].dim == 3 * 16
+
+
+def test_configurable_targets():
+    model = CDPAModel(UNet(init_features=8), proto_dim=4, encoder_target=2, decoder_target=None)
+    _, embeddings = model.forward_with_embeddings(torch.randn(1, 3, 64, 64))
+    assert embeddings["encoder"].target_size == (32, 32)
+    assert embeddings["decoder"].target_size == (64, 64)
+
+
+def test_plain_forward_returns_logits_and_records_nothing():
+    model = CDPAModel(UNet(init_features=8), proto_dim=4)
+    x = torch.randn(1, 3, 32, 32)
+    logits = model(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (1, 2, 32, 32)
+    assert model.taps._encoder_levels == [] and model.taps._decoder_levels == []
+
+
+def test_deepcopy_is_independent():
+    """Federated clients deep-copy the global model: hooks must follow the copy."""
+    torch.manual_seed(0)
+    model = build_fedbcs_unet(in_channels=1, init_features=8, proto_dim=4)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in clone.parameters():
+            parameter.add_(1.0)
+        clone.backbone.encoder_fsr["stage2"].weight.zero_()
+        clone.backbone.encoder_fsr["stage2"].bias.fill_(5.0)
+    x = torch.randn(1, 1, 32, 32)
+    _, original = model.forward_with_embeddings(x)
+    _, copied = clone.forward_with_embeddings(x)
+    assert (copied["encoder"].levels[1] == 5.0).all()  # the clone's own FSR ran
+    assert not torch.equal(original["encoder"].levels[1], copied["encoder"].levels[1])
+    assert model.state_dict().keys() == clone.state_dict().keys()
+
+
+def test_state_dict_covers_backbone_fsr_and_head():
+    keys = build_fedbcs_unet(init_features=8, proto_dim=4).state_dict().keys()
+    assert "backbone.encoder_fsr.stage2.logits" in keys
+    assert "head.fusions.decoder.0.weight" in keys
+    assert "backbone.segmentation_head.weight" in keys
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda m, e: m.forward_with_embeddings(torch.randn(3, 64, 64)), ValueError, "x must"),
+        (
+            lambda m, e: m.forward_with_embeddings(torch.ones(1, 3, 64, 64, dtype=torch.long)),
+            TypeError,
+            "x must be a floating",
+        ),
+        (
+            lambda m, e: m.forward_with_embeddings(torch.randn(1, 2, 64, 64)),
+            ValueError,
+            "x must have 3 channels",
+        ),
+        (lambda m, e: e.cosine(torch.randn(5, 7)), ValueError, r"protos must have shape \[M, 12\]"),
+        (lambda m, e: e.sq_distance(torch.randn(12)), ValueError, "protos must have 2 dim"),
+        (
+            lambda m, e: e.prototype_sums(torch.zeros(1, 64, 64), 2),
+            TypeError,
+            "labels must be an integer",
+        ),
+        (
+            lambda m, e: e.prototype_sums(torch.zeros(64, 64, dtype=torch.long), 2),
+            ValueError,
+            "labels must have 3 dim",
+        ),
+    ],
+)
+def test_input_validation_names_the_argument(call, error, match):
+    model = CDPAModel(UNet(init_features=8), proto_dim=4)
+    _, embeddings = model.forward_with_embeddings(torch.randn(1, 3, 64, 64))
+    with pytest.raises(error, match=match):
+        call(model, embeddings["encoder"])
+
+
+def test_head_validation():
+    with pytest.raises(ValueError, match="unknown fusion 'nearest'; valid: deepest, adjacent"):
+        CDPAHead([8, 16], [8, 16], fusion="nearest")
+    with pytest.raises(ValueError, match="decoder_channels must list at least 2"):
+        CDPAHead([8, 16], [8])
+    with pytest.raises(ValueError, match="encoder_target must be None or a positive int"):
+        CDPAHead([8, 16], [8, 16], encoder_target=0)
+
+
+@pytest.mark.parametrize(
+    ("fsr", "cdpa", "count"),
+    [
+        (False, False, 7_757_186),
+        (True, False, 7_758_088),
+        (False, True, 8_266_626),
+        (True, True, 8_267_528),
+    ],
+)
+def test_paper_unet_parameter_counts(fsr, cdpa, count):
+    """The figures in docs/models.md."""
+    model = build_fedbcs_unet(3, 2, init_features=32, fsr=fsr, cdpa=cdpa)
+    assert sum(p.numel() for p in model.parameters()) == count

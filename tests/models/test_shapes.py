@@ -1,0 +1,108 @@
+"""Shapes over architectures and encoders: one base tester, one small subclass each."""
+
+from __future__ import annotations
+
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+from fedbcs_models import CDPAModel, FeatureTaps, UNet, fsr_stage_numbers, insert_fsr
+
+CLASSES = 3
+PROTO_DIM = 8
+
+
+class BaseModelTester:
+    """Subclasses set ``build`` (a zero-argument model factory) and ``fsr_stages``."""
+
+    fsr_stages = (2, 3, 4)
+
+    @classmethod
+    def build(cls):
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls):
+        torch.manual_seed(0)
+        model = CDPAModel(insert_fsr(cls.build(), cls.fsr_stages), proto_dim=PROTO_DIM)
+        return model.eval()  # no dropout or drop-connect: tapped and plain runs must agree
+
+    @pytest.mark.parametrize("size", [64, 96])
+    def test_logits_and_embeddings(self, model, size):
+        x = torch.randn(2, model.taps.in_channels, size, size)
+        logits = model(x)
+        assert logits.shape == (2, CLASSES, size, size)
+        tapped_logits, embeddings = model.forward_with_embeddings(x)
+        torch.testing.assert_close(tapped_logits, logits)
+        strides = {"encoder": model.taps.encoder_strides[0], "decoder": 4}
+        for stream, embedding in embeddings.items():
+            side = size // strides[stream]
+            dim = model.head.embedding_dim(stream)
+            assert embedding.materialize().shape == (2, dim, side, side)
+            assert embedding.cosine(torch.randn(4, dim)).shape == (2, 4, side, side)
+
+    def test_taps_match_encoder_channels(self, model):
+        out_channels = [c for c in model.backbone.encoder.out_channels[1:] if c > 0]
+        assert model.taps.encoder_channels == out_channels
+        assert model.taps.encoder_strides == sorted(model.taps.encoder_strides)
+        assert model.taps.decoder_strides == sorted(model.taps.decoder_strides)
+        assert len(model.taps.decoder_channels) >= 2
+
+    def test_fsr_modules_match_stage_channels(self, model):
+        for stage in self.fsr_stages:
+            fsr = model.backbone.encoder_fsr[f"stage{stage}"]
+            assert fsr.channels == model.backbone.encoder.out_channels[stage]
+
+
+class TestUNet(BaseModelTester):
+    @classmethod
+    def build(cls):
+        return UNet(in_channels=1, classes=CLASSES, init_features=8)
+
+    def test_levels_are_the_released_ones(self, model):
+        taps = model.taps
+        assert (taps.encoder_channels, taps.encoder_strides) == ([8, 16, 32, 64], [1, 2, 4, 8])
+        assert (taps.decoder_channels, taps.decoder_strides) == ([8, 16, 32, 64], [1, 2, 4, 8])
+
+
+# Narrow decoders keep the suite fast; the taps and FSR discover whatever widths there are.
+SMALL_DECODERS = {
+    "Unet": {"decoder_channels": (32, 16, 8, 8, 8)},
+    "UnetPlusPlus": {"decoder_channels": (32, 16, 8, 8, 8)},
+    "FPN": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
+    "DeepLabV3Plus": {"decoder_channels": 32},
+}
+
+
+def _smp_tester(architecture: str, encoder: str):
+    class Tester(BaseModelTester):
+        @classmethod
+        def build(cls):
+            return getattr(smp, architecture)(
+                encoder,
+                encoder_weights=None,
+                in_channels=3,
+                classes=CLASSES,
+                **SMALL_DECODERS[architecture],
+            )
+
+    Tester.__name__ = f"Test{architecture}_{encoder.replace('-', '_')}"
+    return Tester
+
+
+for _architecture in SMALL_DECODERS:
+    for _encoder in ("resnet18", "efficientnet-b0", "tu-resnet18"):
+        _tester = _smp_tester(_architecture, _encoder)
+        globals()[_tester.__name__] = _tester
+
+
+def test_fsr_stage_numbers():
+    assert fsr_stage_numbers(UNet(init_features=8)) == [1, 2, 3, 4]
+    assert fsr_stage_numbers(smp.FPN("resnet18", encoder_weights=None)) == [1, 2, 3, 4, 5]
+
+
+def test_unknown_decoder_lists_the_valid_ones():
+    model = smp.Linknet("resnet18", encoder_weights=None)
+    with pytest.raises(TypeError, match="valid: UNetDecoder, UnetDecoder"):
+        FeatureTaps(model)
