@@ -1,0 +1,104 @@
+"""Server-side aggregation math: pure functions on tensors, trivial to unit-test."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+with warnings.catch_warnings():
+    # finch-clust warns at import that its optional approximate-NN backend is missing;
+    # exact nearest neighbours are what we want for a handful of prototypes.
+    warnings.simplefilter("ignore", UserWarning)
+    from finch import FINCH
+
+
+def weighted_average(
+    states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """``Σ_k w_k·state_k / Σ_k w_k`` per key, accumulated in float64, returned in each dtype.
+
+    Integer tensors (e.g. counters) are taken from the first state unchanged.
+    """
+    if not states:
+        raise ValueError("weighted_average needs at least one state")
+    if len(states) != len(weights):
+        raise ValueError(f"{len(states)} states but {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
+    out = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            out[key] = first.clone()
+            continue
+        acc = torch.zeros_like(first, dtype=torch.float64)
+        for state, weight in zip(states, weights, strict=True):
+            acc += state[key].to(torch.float64) * (weight / total)
+        out[key] = acc.to(first.dtype)
+    return out
+
+
+def finch_cluster_means(vectors: torch.Tensor) -> torch.Tensor:
+    """FINCH (cosine distance) over ``[N, D]`` vectors; means of the last partition's clusters.
+
+    The last partition is FINCH's coarsest. One vector is its own cluster; two always
+    merge into one (each is the other's first neighbour). Returns ``[S, D]``, clusters in
+    order of their first member, so the result is deterministic.
+    """
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        shape = tuple(vectors.shape)
+        raise ValueError(f"finch_cluster_means needs [N, D] vectors with N ≥ 1, got {shape}")
+    if vectors.shape[0] == 1:
+        return vectors.clone()
+    data = vectors.detach().to(torch.float32).cpu().numpy()
+    partitions, _, _ = FINCH(data, distance="cosine", verbose=False)
+    labels = partitions[:, -1]
+    _, first = np.unique(labels, return_index=True)
+    order = labels[np.sort(first)]
+    means = [vectors[torch.from_numpy(labels == c)].mean(0) for c in order]
+    return torch.stack(means)
+
+
+def cluster_class_prototypes(
+    protos: Sequence[torch.Tensor], present: Sequence[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """FINCH cluster prototypes per class over the clients' prototypes, and their mean.
+
+    Args:
+        protos: per client ``[K, D]`` prototypes.
+        present: per client ``[K]`` bool, which classes the client has.
+
+    Returns:
+        ``{"protos": [S, D], "labels": [S] class ids, "mean": [K, D], "mean_present": [K]}``
+        where ``mean[c]`` is the mean of class c's cluster prototypes (paper eq. 13–14)
+        and ``mean_present[c]`` says whether any client sent class c.
+    """
+    num_classes, dim = protos[0].shape
+    clusters, labels = [], []
+    mean = torch.zeros(num_classes, dim, dtype=protos[0].dtype)
+    mean_present = torch.zeros(num_classes, dtype=torch.bool)
+    for c in range(num_classes):
+        members = [p[c] for p, m in zip(protos, present, strict=True) if m[c]]
+        if not members:
+            continue
+        means = finch_cluster_means(torch.stack(members))
+        clusters.append(means)
+        labels.append(torch.full((means.shape[0],), c, dtype=torch.int64))
+        mean[c] = means.mean(0)
+        mean_present[c] = True
+    if not clusters:
+        return {
+            "protos": torch.zeros(0, dim),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "mean": mean,
+            "mean_present": mean_present,
+        }
+    return {
+        "protos": torch.cat(clusters),
+        "labels": torch.cat(labels),
+        "mean": mean,
+        "mean_present": mean_present,
+    }

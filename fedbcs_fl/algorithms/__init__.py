@@ -1,0 +1,46 @@
+"""The federated algorithms, by name.
+
+Each is a small module that says what differs from FedAvg (:class:`Algorithm`). Modules
+are imported when a method is first asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..config import RunConfig
+from .base import Algorithm, ClientUpdate, LocalContext
+
+# method name → (module in this package, class name), in the order of paper Table 1.
+METHODS: dict[str, tuple[str, str]] = {
+    "fedavg": ("base", "Algorithm"),
+    # weights-only baselines
+    # prototype baselines
+    "fedbcs": ("fedbcs", "FedBCS"),
+}
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+    module, cls = METHODS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def all_algorithms() -> dict[str, type[Algorithm]]:
+    return {name: algorithm_class(name) for name in METHODS}
+
+
+def build_algorithm(config: RunConfig, in_channels: int, num_classes: int) -> Algorithm:
+    return algorithm_class(config.method)(config, in_channels, num_classes)
+
+
+__all__ = [
+    "METHODS",
+    "Algorithm",
+    "ClientUpdate",
+    "LocalContext",
+    "algorithm_class",
+    "all_algorithms",
+    "build_algorithm",
+]

@@ -1,0 +1,155 @@
+"""The algorithm interface, in Flower's shape, and FedAvg as its plain implementation.
+
+An algorithm has a client side and a server side, and nothing else: the in-process
+simulator and the Flower apps both drive the same objects.
+
+Client side (one site, one round):
+    ``begin_local`` → for each batch ``training_loss`` → optimiser step → ``end_local``,
+    run by :func:`fedbcs_fl.client.local_train`, which returns a :class:`ClientUpdate`:
+    the weights, the payload (e.g. prototypes) and the metrics.
+Server side (one round):
+    ``aggregate(updates, global_weights, global_payload)`` → next weights and payload.
+
+A method subclasses :class:`Algorithm` and overrides only what differs; hyper-parameters
+are declared in ``options`` (name → default) and read from ``self.opt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..aggregation import weighted_average
+from ..config import RunConfig, dataset_default
+from ..losses import segmentation_loss
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back after local training."""
+
+    weights: dict[str, torch.Tensor]
+    num_examples: int
+    payload: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LocalContext:
+    """Per-round scratch space of one client.
+
+    ``global_payload`` is what the server sent; ``state`` is the client's persistent dict
+    (survives rounds: e.g. MOON's previous model); ``sums`` are running sums (e.g. class
+    sums for prototypes); ``steps_scheduled`` / ``steps_done`` count optimiser steps this
+    round; ``last_epoch`` is True during the last local epoch.
+    """
+
+    global_payload: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    device: torch.device
+    steps_scheduled: int = 0
+    steps_done: int = 0
+    last_epoch: bool = False
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    logs: dict[str, float] = field(default_factory=dict)
+
+    def accumulate(self, key: str, value: torch.Tensor) -> None:
+        """Add ``value`` into the running sum ``key`` (detached, float64 for exact means)."""
+        value = value.detach().to(torch.float64)
+        if key in self.sums:
+            self.sums[key] += value
+        else:
+            self.sums[key] = value.clone()
+
+    def log(self, key: str, value: float | torch.Tensor) -> None:
+        """Add a per-batch scalar to the round's metrics (averaged over batches)."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        self.logs[key] = self.logs.get(key, 0.0) + float(value)
+
+
+class Algorithm:
+    """FedAvg (McMahan et al. 2017): size-weighted mean of the weights, no extra loss."""
+
+    name: ClassVar[str] = "fedavg"
+    # Hyper-parameter name → default; None means "the dataset's default" (e.g. tau).
+    options: ClassVar[dict[str, Any]] = {}
+    # Payload keys whose rows are prototypes: counted for paper Table 3.
+    prototype_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: RunConfig, in_channels: int, num_classes: int):
+        self.config = config
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        unknown = sorted(set(config.method_options) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"{self.name} has no option {', '.join(unknown)}; valid: {valid}")
+        self.opt = dict(self.options)
+        for key, value in config.method_options.items():
+            if value is not None:
+                self.opt[key] = value
+        for key, value in self.opt.items():
+            if value is None:
+                self.opt[key] = dataset_default(config.dataset, key)
+
+    # ---- model --------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        from fedbcs_models import UNet
+
+        return UNet(self.in_channels, self.num_classes, init_features=self.config.init_features)
+
+    # ---- client side ----------------------------------------------------------------
+
+    def begin_local(self, model: nn.Module, ctx: LocalContext) -> None:
+        """Before the first local step; ``model`` already holds the global weights."""
+
+    def training_loss(
+        self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, ctx: LocalContext
+    ) -> torch.Tensor:
+        """The loss of one batch; add method terms here and log them with ``ctx.log``."""
+        return segmentation_loss(model(images), masks)
+
+    def optimizer_step(self, model, optimizer, loss_fn) -> torch.Tensor:
+        """One optimiser step. ``loss_fn()`` computes the batch loss (a closure)."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def end_local(self, model: nn.Module, ctx: LocalContext) -> dict[str, torch.Tensor]:
+        """After the last local step: the payload sent beside the weights."""
+        return {}
+
+    # ---- server side ----------------------------------------------------------------
+
+    def aggregate_weights(
+        self, updates: list[ClientUpdate], global_weights: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return weighted_average([u.weights for u in updates], [u.num_examples for u in updates])
+
+    def aggregate_payload(
+        self, updates: list[ClientUpdate], global_payload: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {}
+
+    def aggregate(
+        self,
+        updates: list[ClientUpdate],
+        global_weights: dict[str, torch.Tensor],
+        global_payload: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The next global weights and payload from this round's client updates."""
+        weights = self.aggregate_weights(updates, global_weights)
+        return weights, self.aggregate_payload(updates, global_payload)
+
+    # ---- accounting ------------------------------------------------------------------
+
+    def count_prototypes(self, payload: dict[str, torch.Tensor]) -> int:
+        """Prototype vectors in a client payload (paper Table 3)."""
+        return sum(int(payload[k].shape[0]) for k in self.prototype_keys if k in payload)

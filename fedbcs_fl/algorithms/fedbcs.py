@@ -1,0 +1,144 @@
+"""FedBCS: FSR in the encoder and context-aware dual-level prototype alignment (CDPA).
+
+Client loss (paper eq. 15–17, released weighting of the segmentation loss):
+
+    L = (CE + soft Dice) / 2 + ½ Σ_{stream ∈ {encoder, decoder}} (L_contra + λ·L_consis)
+
+- L_contra, eq. 15: for every foreground pixel of the stream's embedding (labels
+  nearest-resampled to its resolution), multi-positive InfoNCE of its cosine
+  similarities / τ against all global cluster prototypes, positives those of its class.
+- L_consis, eq. 16: squared distance to the mean prototype of its class, divided by the
+  embedding dimension D (eq. 16 sums over dimensions; dividing keeps the term's scale
+  independent of ``proto_dim``), averaged over those pixels.
+- Both are computed per level of the embedding (``StreamEmbedding``), never on the
+  materialised 768-channel map. In round 1 there are no global prototypes: L_MP = 0.
+
+Payload up: per stream, the exact class means of the embedding over the last local
+epoch, for the classes present (2 classes × 2 streams = 4 prototypes).
+Server: size-weighted FedAvg of the weights; per stream and class, FINCH (cosine, last
+partition) over the client prototypes, the cluster means, and their mean (eq. 13–14).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from fedbcs_ops import prototypes_from_sums
+
+from ..aggregation import cluster_class_prototypes
+from ..losses import multi_positive_infonce, segmentation_loss
+from .base import Algorithm, ClientUpdate, LocalContext
+
+STREAMS = ("encoder", "decoder")
+
+
+class FedBCS(Algorithm):
+    name = "fedbcs"
+    options: ClassVar[dict[str, Any]] = {
+        "tau": None,  # InfoNCE temperature; None: the dataset's (0.005 nuclei, 0.4 prostate)
+        "proto_dim": 256,  # channels per fused level; the embedding has 3× as many
+        "fsr": True,  # FSR after encoder stages 2–4 (ablation: --no-fsr)
+        "cdpa": True,  # prototype alignment (ablation: --no-cdpa)
+        "fsr_gate": "static",  # released behaviour; "adaptive" is paper eq. 6
+        "fusion": "deepest",  # released behaviour; "adjacent" is paper eq. 10
+        "lambda_consis": 1.0,  # weight of L_consis
+    }
+    prototype_keys = tuple(f"protos/{s}" for s in STREAMS)
+
+    def build_model(self):
+        from fedbcs_models import build_fedbcs_unet
+
+        return build_fedbcs_unet(
+            self.in_channels,
+            self.num_classes,
+            init_features=self.config.init_features,
+            fsr=bool(self.opt["fsr"]),
+            cdpa=bool(self.opt["cdpa"]),
+            proto_dim=int(self.opt["proto_dim"]),
+            fsr_gate=self.opt["fsr_gate"],
+            fusion=self.opt["fusion"],
+        )
+
+    # ---- client side ----------------------------------------------------------------
+
+    def training_loss(self, model, images, masks, ctx: LocalContext):
+        if not self.opt["cdpa"]:
+            return segmentation_loss(model(images), masks)
+        logits, embeddings = model.forward_with_embeddings(images)
+        loss = segmentation_loss(logits, masks)
+        if ctx.last_epoch:
+            with torch.no_grad():
+                for stream, emb in embeddings.items():
+                    sums, counts = emb.prototype_sums(masks, self.num_classes)
+                    ctx.accumulate(f"sums/{stream}", sums)
+                    ctx.accumulate(f"counts/{stream}", counts)
+        if f"protos/{STREAMS[0]}" not in ctx.global_payload:
+            return loss
+        alignment = 0.0
+        for stream, emb in embeddings.items():
+            contra, consis = self.alignment_terms(emb, masks, ctx.global_payload, stream)
+            ctx.log(f"contra/{stream}", contra)
+            ctx.log(f"consis/{stream}", consis)
+            alignment = alignment + contra + self.opt["lambda_consis"] * consis
+        return loss + alignment / len(embeddings)
+
+    def alignment_terms(self, emb, masks, payload, stream):
+        """(L_contra, L_consis) of one stream over its foreground pixels."""
+        protos = payload[f"protos/{stream}"].to(masks.device)
+        proto_labels = payload[f"labels/{stream}"].to(masks.device)
+        mean = payload[f"mean/{stream}"].to(masks.device)
+        labels = emb.labels_at_target(masks)
+        anchors = labels > 0
+        zero = protos.new_zeros(())
+        if not anchors.any() or protos.shape[0] == 0:
+            return zero, zero
+        sq_norm = emb.sq_norm()
+        cosine = emb.cosine(protos, sq_norm=sq_norm).permute(0, 2, 3, 1)[anchors]  # [A, M]
+        anchor_labels = labels[anchors]
+        positives = proto_labels[None, :] == anchor_labels[:, None]
+        contra, _ = multi_positive_infonce(cosine / self.opt["tau"], positives)
+        sq_dist = emb.sq_distance(mean, sq_norm=sq_norm).permute(0, 2, 3, 1)[anchors]  # [A, K]
+        has_mean = payload[f"mean_present/{stream}"].to(masks.device)[anchor_labels]
+        consis = sq_dist.gather(1, anchor_labels[:, None])[:, 0][has_mean] / emb.dim
+        contra = contra.mean() if contra.numel() else zero
+        consis = consis.mean() if consis.numel() else zero
+        return contra, consis
+
+    def end_local(self, model, ctx: LocalContext):
+        payload = {}
+        for stream in STREAMS:
+            if f"sums/{stream}" not in ctx.sums:
+                continue
+            protos, present = prototypes_from_sums(
+                ctx.sums[f"sums/{stream}"], ctx.sums[f"counts/{stream}"]
+            )
+            payload[f"protos/{stream}"] = protos[present].to(torch.float32)
+            payload[f"labels/{stream}"] = torch.nonzero(present)[:, 0]
+        return payload
+
+    # ---- server side ----------------------------------------------------------------
+
+    def aggregate_payload(self, updates: list[ClientUpdate], global_payload):
+        if not self.opt["cdpa"]:
+            return {}
+        out = {}
+        for stream in STREAMS:
+            protos, present = [], []
+            for update in updates:
+                rows = update.payload.get(f"protos/{stream}")
+                if rows is None:
+                    continue
+                dense = torch.zeros(self.num_classes, rows.shape[1])
+                mask = torch.zeros(self.num_classes, dtype=torch.bool)
+                dense[update.payload[f"labels/{stream}"]] = rows
+                mask[update.payload[f"labels/{stream}"]] = True
+                protos.append(dense)
+                present.append(mask)
+            if not protos:
+                continue
+            clustered = cluster_class_prototypes(protos, present)
+            for key, value in clustered.items():
+                out[f"{key}/{stream}"] = value
+        return out

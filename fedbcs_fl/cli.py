@@ -1,0 +1,302 @@
+"""The ``fedbcs`` command: train, eval, show-data.
+
+Bad arguments print one line naming the valid choices and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .algorithms import METHODS, all_algorithms
+from .config import RunConfig
+from .data import DATASETS
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _site_list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _method_options() -> dict[str, object]:
+    """Every method option by name, with the first default seen (for its type)."""
+    merged: dict[str, object] = {}
+    for cls in all_algorithms().values():
+        for name, default in cls.options.items():
+            merged.setdefault(name, default)
+    return merged
+
+
+# Options of ``train`` that ``compare`` passes through to every run.
+_COMMON = (
+    "dataset",
+    "data_root",
+    "sites",
+    "split_file",
+    "rounds",
+    "local_epochs",
+    "clients_per_round",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "image_size",
+    "n_train",
+    "n_test",
+    "init_features",
+    "device",
+    "eval_every",
+)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True) -> None:
+    d = RunConfig()
+    if method_arguments:
+        p.add_argument("--method", choices=list(METHODS), default=d.method)
+    p.add_argument("--dataset", choices=list(DATASETS), default=d.dataset)
+    p.add_argument("--data-root", help="folder of a real data set (prostate, nuclei)")
+    p.add_argument("--sites", type=_site_list, help="comma-separated site names (default: all)")
+    p.add_argument("--split-file", help="a split.json of an earlier run, to reuse its split")
+    p.add_argument("--rounds", type=_positive_int, default=d.rounds)
+    p.add_argument("--local-epochs", type=_positive_int, default=d.local_epochs)
+    p.add_argument("--clients-per-round", type=_positive_int, help="default: every client")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], help="default: the dataset's")
+    p.add_argument("--lr", type=float, help="default: the dataset's")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--image-size", type=_positive_int, help="default: the dataset's")
+    p.add_argument("--n-train", type=_positive_int, default=d.n_train, help="synthetic only")
+    p.add_argument("--n-test", type=_positive_int, default=d.n_test, help="synthetic only")
+    p.add_argument("--init-features", type=_positive_int, default=d.init_features)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every)
+    if not method_arguments:
+        return
+    group = p.add_argument_group("method options (default: the method's own)")
+    for name, default in _method_options().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(
+                "--no-" + name.replace("_", "-"),
+                dest=name,
+                action="store_const",
+                const=False,
+                default=None,
+            )
+        elif isinstance(default, str):
+            group.add_argument(flag, dest=name, default=None)
+        elif isinstance(default, int):
+            group.add_argument(flag, dest=name, type=int, default=None)
+        else:
+            group.add_argument(flag, dest=name, type=float, default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and k != "method_options"}
+    options = {
+        name: getattr(args, name)
+        for name in _method_options()
+        if getattr(args, name, None) is not None
+    }
+    return RunConfig(**values, method_options=options).resolved()
+
+
+def _default_out(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.method}-{config.dataset}-seed{config.seed}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import REAL_DATASETS, load_sites
+    from .data.checks import write_split
+    from .results import dice_table, final_dice, plot_dice, read_metrics
+    from .simulation import Simulation
+
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else _default_out(config)
+    if (out / "metrics.jsonl").exists():
+        raise ValueError(f"{out} already holds a run; choose another --out or delete it")
+    sites = load_sites(config, workers=args.workers)
+    simulation = Simulation(config, sites, out, progress=not args.quiet)
+    if config.dataset in REAL_DATASETS:
+        write_split(sites, out / "split.json")
+    records = simulation.run()
+    rows = [(config.method, final_dice(records))]
+    baseline = None
+    if args.baseline:
+        base_config = RunConfig.load(Path(args.baseline) / "config.json")
+        baseline = base_config.method + " (baseline)"
+        rows.insert(0, (baseline, final_dice(read_metrics(args.baseline))))
+    table = dice_table(rows, baseline)
+    (out / "summary.md").write_text(
+        f"# {config.method} on {config.dataset}\n\n{config.rounds} rounds, seed {config.seed}."
+        f" Foreground Dice (%) of the global model on each site's test split.\n\n{table}"
+    )
+    plot_dice(records, out / "dice.png", title=f"{config.method} on {config.dataset}")
+    print(table)
+    print(f"results in {out}/")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    from .algorithms import build_algorithm
+    from .data import load_sites
+    from .results import dice_table
+    from .simulation import Simulation
+
+    checkpoint = Path(args.checkpoint)
+    config_path = Path(args.config) if args.config else checkpoint.parent / "config.json"
+    config = RunConfig.load(config_path)
+    if args.dataset:
+        config = dataclasses.replace(config, dataset=args.dataset, data_root=args.data_root)
+    config = config.resolved()
+    sites = load_sites(config)
+    simulation = Simulation(config, sites, out_dir=None, progress=False)
+    weights = load_file(str(checkpoint))
+    model = build_algorithm(config, sites[0].train[0][0].shape[0], 2).build_model()
+    missing = sorted(set(model.state_dict()) ^ set(weights))
+    if missing:
+        raise ValueError(
+            f"{checkpoint} does not fit a {config.method} model: keys differ ({missing[:3]}...)"
+        )
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        results = simulation.evaluate(model.to(simulation.device))
+    print(dice_table([(config.method, {s: m["dice"] for s, m in results.items()})]))
+    for site, m in results.items():
+        print(f"{site}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f}  ASSD {m['assd']:.2f}")
+    return 0
+
+
+def cmd_show_data(args: argparse.Namespace) -> int:
+    from .data import load_sites
+    from .data.plots import save_site_grid
+
+    config = RunConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed).resolved()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Prostate samples are three adjacent slices: show the centre one in gray.
+    gray_channel = 1 if "prostate" in config.dataset else None
+    save_site_grid(load_sites(config), out, per_site=args.per_site, gray_channel=gray_channel)
+    print(f"wrote {out}")
+    return 0
+
+
+def _common_argv(args: argparse.Namespace) -> list[str]:
+    argv = []
+    for name in _COMMON:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(value)
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import expand_methods, run_all, write_reports
+
+    specs = expand_methods(args.methods)
+    seeds = list(range(args.seeds))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_all(specs, seeds, out, _common_argv(args), jobs=args.jobs)
+    print(write_reports(out, specs, seeds, args.dataset, args.rounds))
+    print(f"tables and convergence.png in {out}/")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .data import check_data
+
+    report = check_data(args.dataset, args.data_root, args.sites, workers=args.workers)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedbcs", description="FedBCS federated segmentation")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="run a federated experiment (default: FedBCS)")
+    _add_run_arguments(train)
+    train.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-seed<seed>)")
+    train.add_argument("--baseline", help="a FedAvg run folder to report Δ against")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--workers", type=int, default=0, help="processes decoding real data")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a saved global model")
+    evaluate.add_argument("--checkpoint", required=True, help="model.safetensors of a run")
+    evaluate.add_argument("--config", help="its config.json (default: beside the checkpoint)")
+    evaluate.add_argument("--dataset", choices=list(DATASETS), help="default: the run's")
+    evaluate.add_argument("--data-root")
+    evaluate.set_defaults(func=cmd_eval)
+
+    show = commands.add_parser("show-data", help="a PNG grid of example images per site")
+    show.add_argument("--dataset", choices=list(DATASETS), default="synthetic-nuclei")
+    show.add_argument("--data-root")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--per-site", type=_positive_int, default=4)
+    show.add_argument("--out", required=True, help="PNG path")
+    show.set_defaults(func=cmd_show_data)
+    compare = commands.add_parser("compare", help="several methods × seeds, one table")
+    compare.add_argument(
+        "--methods",
+        default="fedavg,fedbcs",
+        help="'all' or comma-separated specs, e.g. fedavg,fedbcs,fedbcs/no-fsr",
+    )
+    compare.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1")
+    compare.add_argument("--jobs", type=_positive_int, default=1, help="runs at a time")
+    compare.add_argument("--out", required=True, help="comparison folder (resumable)")
+    _add_run_arguments(compare, method_arguments=False)
+    compare.set_defaults(func=cmd_compare)
+
+    check = commands.add_parser("check-data", help="validate a real data folder")
+    check.add_argument("--dataset", choices=["prostate", "nuclei"], required=True)
+    check.add_argument("--data-root", required=True)
+    check.add_argument("--sites", type=_site_list)
+    check.add_argument("--workers", type=int, default=0, help="processes decoding files")
+    check.set_defaults(func=cmd_check_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"fedbcs {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""One client's local training and the evaluation of a model on one split.
+
+Both engines (the simulator and the Flower ClientApp) call these functions; the
+algorithm decides the loss, the optimiser step and the payload.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .algorithms.base import Algorithm, ClientUpdate, LocalContext
+from .config import RunConfig
+
+
+def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """The run's optimiser (``sgd`` with momentum or ``adam``), with weight decay."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adam, sgd")
+
+
+def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's state: what travels to the server."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def local_train(
+    algorithm: Algorithm,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    global_payload: dict[str, torch.Tensor],
+    state: dict,
+    epochs: int,
+    device: torch.device,
+    progress: str | None = None,
+) -> ClientUpdate:
+    """Train ``model`` (already holding the global weights) for ``epochs`` local epochs.
+
+    ``optimizer`` persists across rounds, as in the released code: its moments carry over
+    while the weights are replaced by the global ones. ``state`` is the client's
+    persistent dict for algorithm state (e.g. MOON's previous model).
+    """
+    model.train()
+    ctx = LocalContext(
+        global_payload=global_payload,
+        state=state,
+        device=device,
+        steps_scheduled=epochs * len(loader),
+    )
+    algorithm.begin_local(model, ctx)
+    steps, total_loss, examples = 0, 0.0, 0
+    bar = tqdm(total=epochs * len(loader), desc=progress, leave=False, disable=progress is None)
+    for epoch in range(epochs):
+        ctx.last_epoch = epoch == epochs - 1
+        for images, masks in loader:
+            images, masks = images.to(device), masks.to(device)
+            batch_loss = lambda i=images, m=masks: algorithm.training_loss(model, i, m, ctx)
+            loss = algorithm.optimizer_step(model, optimizer, batch_loss)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"local loss became {loss.item()} at step {steps}")
+            steps += 1
+            ctx.steps_done = steps
+            total_loss += float(loss)
+            examples += images.shape[0] if ctx.last_epoch else 0
+            bar.update()
+    bar.close()
+    payload = algorithm.end_local(model, ctx)
+    metrics = {"loss": total_loss / max(steps, 1), "steps": float(steps)}
+    metrics |= {k: v / max(steps, 1) for k, v in ctx.logs.items()}
+    return ClientUpdate(model_weights(model), examples, payload, metrics)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device):
+    """Hard predictions and masks of a whole split, as CPU int64 tensors ``[N, H, W]``."""
+    model.eval()
+    preds, masks = [], []
+    for images, batch_masks in loader:
+        preds.append(model(images.to(device)).argmax(1).cpu())
+        masks.append(batch_masks)
+    return torch.cat(preds), torch.cat(masks)

@@ -1,0 +1,222 @@
+"""``fedbcs compare``: many methods × seeds, one table.
+
+A method spec is a method name with optional option changes after slashes, e.g.
+``fedbcs``, ``fedbcs/no-fsr`` (FSR off: CDPA only), ``fedbcs/no-cdpa`` (FSR only) or
+``fedbcs/tau=0.1``. Each (spec, seed) runs as ``fedbcs train`` in its own folder
+``OUT/<spec with + for />/seed<k>``; a run whose model file exists is finished and is not
+run again, so an interrupted comparison resumes where it stopped.
+
+Writes ``table1.md`` (per-site Dice, mean ± std over seeds, AVG and Δ vs FedAvg, best in
+bold and second underlined), ``table2.md`` (the FSR / CDPA ablation, when the FedBCS
+variants are among the specs), ``table3.md`` (communication) and ``convergence.png``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .algorithms import METHODS, algorithm_class
+from .results import read_metrics
+
+ABLATION = {
+    "fedavg": (False, False),
+    "fedbcs/no-fsr": (True, False),
+    "fedbcs/no-cdpa": (False, True),
+    "fedbcs": (True, True),
+}
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``"fedbcs/no-fsr/tau=0.1"`` → (``"fedbcs"``, train arguments for the changes)."""
+    name, *changes = spec.split("/")
+    algorithm_class(name)  # raises with the valid names
+    args = []
+    for change in changes:
+        if "=" in change:
+            key, value = change.split("=", 1)
+            args += ["--" + key.replace("_", "-"), value]
+        elif change.startswith("no-"):
+            args.append("--" + change)
+        else:
+            raise ValueError(f"cannot read {change!r} in method spec {spec!r}: use no-X or X=V")
+    return name, args
+
+
+def expand_methods(text: str) -> list[str]:
+    """``all`` or a comma-separated list of specs."""
+    if text.strip() == "all":
+        return list(METHODS)
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def run_dir(out: Path, spec: str, seed: int) -> Path:
+    return out / spec.replace("/", "+") / f"seed{seed}"
+
+
+def _run_one(spec: str, seed: int, out: Path, common: list[str]) -> Path:
+    folder = run_dir(out, spec, seed)
+    if (folder / "model.safetensors").exists():
+        return folder
+    if folder.exists():  # an interrupted run: start it again from round 1
+        shutil.rmtree(folder)
+    name, changes = parse_spec(spec)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedbcs_fl.cli",
+        "train",
+        "--method",
+        name,
+        *changes,
+        *common,
+        "--seed",
+        str(seed),
+        "--out",
+        str(folder),
+        "--quiet",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{spec} seed {seed} failed:\n{result.stderr[-2000:]}")
+    return folder
+
+
+def run_all(specs, seeds, out: Path, common: list[str], jobs: int = 1) -> None:
+    """Run every (spec, seed) not finished yet, ``jobs`` at a time, with a progress bar."""
+    for spec in specs:
+        parse_spec(spec)
+    tasks = [(spec, seed) for spec in specs for seed in seeds]
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(tasks), desc="runs") as bar:
+        futures = [pool.submit(_run_one, spec, seed, out, common) for spec, seed in tasks]
+        for future in futures:
+            future.result()
+            bar.update()
+
+
+def _collect(out: Path, specs, seeds):
+    """{spec: [records of each seed]}."""
+    return {spec: [read_metrics(run_dir(out, spec, s)) for s in seeds] for spec in specs}
+
+
+def _final_dice(records_per_seed) -> np.ndarray:
+    """[seeds, sites] Dice (%) of the last evaluated round."""
+    rows = []
+    for records in records_per_seed:
+        last = [r for r in records if "dice" in r][-1]
+        rows.append([100 * last["dice"][site] for site in last["dice"]])
+    return np.array(rows)
+
+
+def _mark(values: list[float]) -> list[str]:
+    """Bold the best, underline the second (paper style)."""
+    order = np.argsort(values)[::-1]
+    marks = [""] * len(values)
+    if len(values) > 1:
+        marks[order[0]] = "best"
+        marks[order[1]] = "second"
+    return marks
+
+
+def _cell(mean: float, std: float, mark: str) -> str:
+    text = f"{mean:.2f} ± {std:.2f}"
+    return {"best": f"**{text}**", "second": f"<u>{text}</u>", "": text}[mark]
+
+
+def table1(results, sites: list[str], baseline: str = "fedavg") -> str:
+    """Per-site Dice and AVG (mean ± std over seeds) and Δ of the AVG vs ``baseline``."""
+    specs = list(results)
+    dice = {spec: _final_dice(results[spec]) for spec in specs}
+    avg = {spec: d.mean(1) for spec, d in dice.items()}
+    header = ["Method", *sites, "AVG", "Δ"]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    columns = [[dice[s][:, j].mean() for s in specs] for j in range(len(sites))]
+    columns.append([avg[s].mean() for s in specs])
+    marks = [_mark(col) for col in columns]
+    for i, spec in enumerate(specs):
+        cells = [
+            _cell(dice[spec][:, j].mean(), dice[spec][:, j].std(), marks[j][i])
+            for j in range(len(sites))
+        ]
+        cells.append(_cell(avg[spec].mean(), avg[spec].std(), marks[-1][i]))
+        delta = (
+            "-"
+            if spec == baseline or baseline not in avg
+            else (f"{avg[spec].mean() - avg[baseline].mean():+.2f}")
+        )
+        lines.append("| " + " | ".join([spec, *cells, delta]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table2(results, sites: list[str]) -> str:
+    """The ablation in the layout of paper Table 2: CDPA, FSR, per-site Dice, AVG."""
+    header = ["CDPA", "FSR", *sites, "AVG"]
+    lines = ["| " + " | ".join(header) + " |", "|:-:|:-:" + "|---:" * (len(sites) + 1) + "|"]
+    for spec, (cdpa, fsr) in ABLATION.items():
+        dice = _final_dice(results[spec])
+        avg = dice.mean(1)
+        cells = [f"{dice[:, j].mean():.2f} ± {dice[:, j].std():.2f}" for j in range(len(sites))]
+        cells.append(f"{avg.mean():.2f} ± {avg.std():.2f}")
+        lines.append("| " + " | ".join(["✓" if cdpa else "", "✓" if fsr else "", *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table3(results) -> str:
+    """Communication per method: prototypes uploaded per client per round, bytes per round."""
+    lines = [
+        "| Method | prototypes up / client / round | MB up / client / round "
+        "| MB down / client / round |",
+        "|---|---:|---:|---:|",
+    ]
+    for spec, per_seed in results.items():
+        protos, up, down = [], [], []
+        for records in per_seed:
+            for r in records:
+                protos += list(r["prototypes_uploaded"].values())
+                up += list(r["bytes_up"].values())
+                down.append(r["bytes_down"])
+        lines.append(
+            f"| {spec} | {np.mean(protos):.2f} | {np.mean(up) / 1e6:.3f} "
+            f"| {np.mean(down) / 1e6:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_convergence(results, path: Path, title: str = "") -> None:
+    """Mean Dice per round per method (mean over seeds), as the paper's Fig. 4a."""
+    from .results import plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for spec, per_seed in results.items():
+        rounds = [r["round"] for r in per_seed[0] if "dice" in r]
+        curves = np.array(
+            [[100 * r["mean_dice"] for r in recs if "dice" in r] for recs in per_seed]
+        )
+        ax.plot(rounds, curves.mean(0), label=spec, lw=2.2 if spec.startswith("fedbcs") else 1.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean foreground Dice (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
+    results = _collect(out, specs, seeds)
+    first = next(r for r in results[specs[0]][0] if "dice" in r)
+    sites = list(first["dice"])
+    note = f"{dataset}, {rounds} rounds, seeds {', '.join(map(str, seeds))}; Dice in %.\n\n"
+    (out / "table1.md").write_text(note + table1(results, sites))
+    (out / "table3.md").write_text(note + table3(results))
+    if all(spec in results for spec in ABLATION):
+        (out / "table2.md").write_text(note + table2({s: results[s] for s in ABLATION}, sites))
+    plot_convergence(results, out / "convergence.png", title=f"{dataset}, {len(seeds)} seeds")
+    return table1(results, sites)

@@ -1,0 +1,286 @@
+"""The four-domain histology nuclei set: TCIA, CRC, KIRC and TNBC, one client each.
+
+Layout per domain: ``<data_root>/<domain>/images/<name>.{png,tif,tiff}`` and
+``<data_root>/<domain>/masks/<name>.{png,tif,tiff}``, an image and its mask sharing the
+file stem. A mask is binary (any value > 0 is nucleus, e.g. 0/1 or 0/255) or an instance
+map (non-negative integers, each nucleus its own id); colour masks are refused.
+
+Optional ``train.txt`` and ``val.txt`` in a domain folder list file names (or stems), one
+a line. As in the releases these lists come from, there is no third list and ``val.txt`` is
+the held-out set the paper reports on: it becomes the *test* split and the site has no
+validation split. Without the lists, cases are split by a seeded draw (``split`` shares).
+
+Images are scaled to [0, 1] (uint8 by 255, uint16 by 65535; grey is repeated to RGB, an
+alpha channel dropped) and resized to ``image_size`` (bilinear; masks nearest). Every file
+is decoded once, when the domains are loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+
+from fedbcs_fl.data.base import SiteData
+from fedbcs_fl.data.checks import (
+    DataError,
+    Problem,
+    Report,
+    SiteStats,
+    assemble_sites,
+    assign_split,
+    check_fractions,
+    load_split_file,
+    map_jobs,
+    quantize,
+    resize,
+    select_sites,
+)
+
+DOMAINS = ("TCIA", "CRC", "KIRC", "TNBC")
+_EXTENSIONS = (".png", ".tif", ".tiff")
+_LISTS = {"train": "train.txt", "test": "val.txt"}
+_SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
+
+
+@dataclass
+class _Item:
+    """What reading one image and its mask gives: problems, or foreground and sample."""
+
+    problems: list[Problem] = field(default_factory=list)
+    foreground: np.ndarray | None = None  # bool [H, W], native resolution
+    image: torch.Tensor | None = None  # uint8 [1, 3, S, S]
+    mask: torch.Tensor | None = None  # uint8 [1, S, S]
+
+
+def _files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
+    """Image files in ``folder`` by stem, and a problem for each stem found twice."""
+    files: dict[str, Path] = {}
+    problems = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in _EXTENSIONS or not path.is_file():
+            continue
+        if path.stem in files:
+            problems.append(Problem(path, f"same name as {files[path.stem].name}"))
+        else:
+            files[path.stem] = path
+    return files, problems
+
+
+def find_items(domain_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Problem]]:
+    """``{stem: (image, mask)}`` in a domain folder, and the unpaired or duplicated files."""
+    if not domain_dir.is_dir():
+        return {}, [Problem(domain_dir, "domain folder is missing")]
+    missing = [domain_dir / sub for sub in ("images", "masks") if not (domain_dir / sub).is_dir()]
+    if missing:
+        return {}, [Problem(path, "folder is missing") for path in missing]
+    images, problems = _files_by_stem(domain_dir / "images")
+    masks, mask_problems = _files_by_stem(domain_dir / "masks")
+    problems += mask_problems
+    problems += [
+        Problem(path, "image has no mask (expected masks/<same name>.png or .tif)")
+        for stem, path in images.items()
+        if stem not in masks
+    ]
+    problems += [
+        Problem(path, "mask has no image (expected images/<same name>.png or .tif)")
+        for stem, path in masks.items()
+        if stem not in images
+    ]
+    if not images and not masks:
+        problems.append(Problem(domain_dir, "no images found in images/"))
+    return {stem: (path, masks[stem]) for stem, path in images.items() if stem in masks}, problems
+
+
+def read_lists(domain_dir: Path, stems: Sequence[str]) -> tuple[dict | None, list[Problem]]:
+    """The domain's ``train.txt`` / ``val.txt`` as ``{"train": [...], "val": [], "test": [...]}``.
+
+    None when neither file exists. Problems: only one of them, an entry naming no image,
+    or an image in both. Images listed in neither are left out.
+    """
+    paths = {name: domain_dir / file for name, file in _LISTS.items()}
+    present = [path for path in paths.values() if path.is_file()]
+    if not present:
+        return None, []
+    if len(present) == 1:
+        return None, [Problem(present[0], "found without its partner (train.txt and val.txt)")]
+    lists: dict[str, list[str]] = {"val": []}
+    problems = []
+    for name, path in paths.items():
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            return None, [Problem(path, f"cannot read list ({type(exc).__name__}: {exc})")]
+        entries = [Path(line.strip()).name for line in lines]
+        entries = [Path(e).stem if Path(e).suffix.lower() in _EXTENSIONS else e for e in entries]
+        lists[name] = [e for e in entries if e]
+        problems += [
+            Problem(path, f"lists {e}, which is not an image with a mask")
+            for e in lists[name]
+            if e not in stems
+        ]
+    both = sorted(set(lists["train"]) & set(lists["test"]))
+    problems += [Problem(paths["test"], f"{stem} is also in train.txt") for stem in both]
+    return lists, problems
+
+
+def _read_array(path: Path, rgb: bool) -> np.ndarray:
+    """Pixels of a PNG (Pillow; converted to RGB if ``rgb``) or TIFF (tifffile) file."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return tifffile.imread(path)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB") if rgb else image)
+
+
+def _as_rgb(array: np.ndarray, path: Path) -> tuple[torch.Tensor | None, list[Problem]]:
+    """``[1, 3, H, W]`` float in [0, 1] from a grey, RGB or RGBA uint8/uint16 array."""
+    if array.dtype not in _SCALE:
+        return None, [Problem(path, f"unsupported pixel type {array.dtype} (need uint8/uint16)")]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        return None, [Problem(path, f"expected a grey, RGB or RGBA image, got shape {array.shape}")]
+    image = torch.from_numpy(array[..., :3].astype(np.float32) / _SCALE[array.dtype])
+    return image.permute(2, 0, 1)[None], []
+
+
+def _as_labels(array: np.ndarray, path: Path) -> tuple[np.ndarray | None, list[Problem]]:
+    """The 2-D label map of a mask: binary or instance ids, never colour or negative."""
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        if not (array[..., :3] == array[..., :1]).all():
+            return None, [Problem(path, "colour mask (RGB channels differ); need grey or ids")]
+        array = array[..., 0]
+    if array.ndim != 2:
+        return None, [Problem(path, f"expected a 2-D mask, got shape {array.shape}")]
+    values = np.unique(array).astype(np.float64)
+    if (values < 0).any() or (values != np.round(values)).any():
+        bad = values[(values < 0) | (values != np.round(values))]
+        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+        return None, [Problem(path, f"mask has values {shown}; need non-negative integers")]
+    return array, []
+
+
+def _read_item(job: tuple[Path, Path, int | None]) -> _Item:
+    """Read and check one image and mask; with an image size, also build the sample."""
+    image_path, mask_path, image_size = job
+    problems = []
+    arrays = {}
+    for path, rgb in ((image_path, True), (mask_path, False)):
+        try:
+            arrays[rgb] = _read_array(path, rgb)
+        # Any failure inside Pillow, tifffile or zlib means the file is unusable.
+        except Exception as exc:
+            problems.append(Problem(path, f"cannot read image ({type(exc).__name__}: {exc})"))
+    if problems:
+        return _Item(problems)
+    image, problems = _as_rgb(arrays[True], image_path)
+    labels, mask_problems = _as_labels(arrays[False], mask_path)
+    problems += mask_problems
+    if problems:
+        return _Item(problems)
+    if labels.shape != image.shape[-2:]:
+        message = f"mask size {labels.shape} does not match image size {tuple(image.shape[-2:])}"
+        return _Item([Problem(mask_path, f"{message} ({image_path.name})")])
+    foreground = labels > 0
+    if image_size is None:
+        return _Item(foreground=foreground)
+    image, mask = resize(image, torch.from_numpy(foreground[None].astype(np.uint8)), image_size)
+    return _Item(foreground=foreground, image=quantize(image), mask=mask)
+
+
+def _read_domains(
+    data_root: Path, domains: Sequence[str], image_size: int | None, workers: int
+) -> tuple[dict[str, dict[str, _Item]], dict[str, dict | None], list[Problem]]:
+    """Every item of every domain read, each domain's lists, and the problems found."""
+    if not data_root.is_dir():
+        return {}, {}, [Problem(data_root, "data root is not a folder")]
+    problems = []
+    found, lists = {}, {}
+    for domain in domains:
+        found[domain], domain_problems = find_items(data_root / domain)
+        lists[domain], list_problems = read_lists(data_root / domain, list(found[domain]))
+        problems += domain_problems + list_problems
+    jobs = [(img, msk, image_size) for items in found.values() for img, msk in items.values()]
+    results = iter(map_jobs(_read_item, jobs, workers))
+    read = {domain: {stem: next(results) for stem in items} for domain, items in found.items()}
+    problems += [p for items in read.values() for item in items.values() for p in item.problems]
+    return read, lists, problems
+
+
+def check_nuclei(
+    data_root: str | Path, sites: Sequence[str] | None = None, workers: int = 0
+) -> Report:
+    """Check a nuclei folder: per-domain images and foreground, and every problem.
+
+    Args:
+        data_root: folder holding one folder per domain.
+        sites: domain names to check (default: all four); an unknown name raises ValueError.
+        workers: processes decoding images in parallel (default 0: in this process).
+    """
+    data_root = Path(data_root)
+    read, _, problems = _read_domains(data_root, select_sites(sites, DOMAINS), None, workers)
+    report = Report("nuclei", data_root, problems=problems, unit="images")
+    for domain, items in read.items():
+        stats = SiteStats(domain)
+        for item in items.values():
+            if item.foreground is not None:
+                stats.add(item.foreground)
+        report.sites.append(stats)
+    return report
+
+
+def load_nuclei(
+    data_root: str | Path,
+    sites: Sequence[str] | None = None,
+    image_size: int = 256,
+    seed: int = 0,
+    split: Sequence[float] = (0.8, 0.0, 0.2),
+    augment: bool = True,
+    split_file: str | Path | Mapping | None = None,
+    workers: int = 0,
+) -> list[SiteData]:
+    """Load nuclei domains as ``SiteData``; the split comes from a split file, the domain's
+    ``train.txt`` / ``val.txt`` (val → test), or a seeded draw, in that order.
+
+    Args:
+        data_root: folder holding one folder per domain.
+        sites: domain names to load (default: all four); an unknown name raises ValueError.
+        image_size: side of the square samples (256 in the paper).
+        seed: seeds the drawn split (per domain).
+        split: train / val / test shares for domains without lists (default 80/0/20,
+            train and test only, like the lists).
+        augment: random 90° rotations and flips on the train split (as for prostate).
+        split_file: a split written by ``write_split`` (path or dict) to reuse.
+        workers: processes decoding images in parallel (default 0: in this process).
+
+    Images are float32 ``[3, image_size, image_size]`` in [0, 1], masks int64 {0, 1}.
+
+    Raises:
+        DataError: listing every problem in the data, the lists or ``split_file``.
+    """
+    check_fractions(split)
+    names = select_sites(sites, DOMAINS)
+    given = load_split_file(split_file)
+    read, lists, problems = _read_domains(Path(data_root), names, image_size, workers)
+    splits = {}
+    for domain, items in read.items():
+        if given is None and lists[domain] is not None:
+            splits[domain] = lists[domain]
+            continue
+        where = Path(data_root) / domain
+        splits[domain], split_problems = assign_split(
+            domain, list(items), split, seed, given, where
+        )
+        problems += split_problems
+    if problems:
+        raise DataError(problems)
+    samples = {
+        domain: {stem: (item.image, item.mask) for stem, item in items.items()}
+        for domain, items in read.items()
+    }
+    return assemble_sites(samples, splits, channels=3, size=image_size, augment=augment)

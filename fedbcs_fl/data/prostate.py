@@ -1,0 +1,252 @@
+"""The six-site prostate MRI set, read as published by Liu et al. (2020, MS-Net / SAML).
+
+Layout: ``<data_root>/<site>/CaseNN.nii.gz`` with ``CaseNN_segmentation.nii.gz`` (or
+``_Segmentation``) beside it, for the sites BIDMC, HK, I2CVB, ISBI, ISBI_1.5 and UCL.
+
+Preprocessing follows the authors' code (HarmoFL, FedBCS): per volume, intensities are
+clipped at the 99th percentile and scaled from the minimum to [0, 1]; every axial slice
+whose mask is non-empty gives one sample, the slice and its two neighbours stacked as
+channels (repeating the end slice at the volume's ends); labels > 0 are foreground. Unlike
+the authors, who shuffle slices, the split is by case, so no patient is in two splits.
+
+Each case is decoded once, when the sites are loaded, and its samples kept in memory, so
+no epoch reads NIfTI. ``workers`` decodes cases in parallel processes.
+
+Example::
+
+    sites = load_prostate("data/prostate", sites=["BIDMC", "HK"])
+    write_split(sites, run_dir / "split.json")
+    sites = load_prostate("data/prostate", split_file=run_dir / "split.json")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from fedbcs_fl.data.base import SiteData
+from fedbcs_fl.data.checks import (
+    DataError,
+    Problem,
+    Report,
+    SiteStats,
+    assemble_sites,
+    assign_split,
+    check_fractions,
+    load_split_file,
+    map_jobs,
+    quantize,
+    resize,
+    select_sites,
+)
+
+SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
+# Some sources label the central gland and the peripheral zone apart; both are prostate.
+LABELS = (0, 1, 2)
+_MASK_SUFFIX = "_segmentation"
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class _Case:
+    """What reading one case gives: its problems, or its foreground and its samples."""
+
+    problems: list[Problem] = field(default_factory=list)
+    foreground: np.ndarray | None = None  # bool [slices, H, W], native resolution
+    images: torch.Tensor | None = None  # uint8 [N, 3, S, S]
+    masks: torch.Tensor | None = None  # uint8 [N, S, S]
+
+
+def find_cases(site_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Problem]]:
+    """``{case: (image, mask)}`` in a site folder, and the unpaired or duplicated files."""
+    if not site_dir.is_dir():
+        return {}, [Problem(site_dir, "site folder is missing")]
+    images: dict[str, Path] = {}
+    masks: dict[str, list[Path]] = {}
+    for path in sorted(site_dir.iterdir()):
+        stem = next((path.name[: -len(s)] for s in _NIFTI_SUFFIXES if path.name.endswith(s)), None)
+        if stem is None or not path.is_file():
+            continue
+        if stem.lower().endswith(_MASK_SUFFIX):
+            masks.setdefault(stem[: -len(_MASK_SUFFIX)], []).append(path)
+        else:
+            images[stem] = path
+    problems = [
+        Problem(paths[1], f"second mask for {case} (also {paths[0].name})")
+        for case, paths in masks.items()
+        if len(paths) > 1
+    ]
+    problems += [
+        Problem(path, f"image has no mask (expected {case}{_MASK_SUFFIX}.nii.gz)")
+        for case, path in images.items()
+        if case not in masks
+    ]
+    problems += [
+        Problem(paths[0], f"mask has no image (expected {case}.nii.gz)")
+        for case, paths in masks.items()
+        if case not in images
+    ]
+    cases = {case: (path, masks[case][0]) for case, path in images.items() if case in masks}
+    if not images and not masks:
+        problems.append(Problem(site_dir, "no CaseNN.nii.gz volumes found"))
+    return cases, problems
+
+
+def _read_volume(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
+    """The voxel array of a NIfTI file as a 3-D array, or the reason it cannot be had."""
+    try:
+        data = np.asanyarray(nib.load(path).dataobj)
+    # Any failure inside nibabel, gzip or numpy means the file is unusable; say so plainly.
+    except Exception as exc:
+        return None, [Problem(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})")]
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        return None, [Problem(path, f"expected a 3-D volume, got shape {data.shape}")]
+    return data, []
+
+
+def _mask_problems(mask: np.ndarray, path: Path) -> list[Problem]:
+    """Unexpected label values (anything but 0, 1, 2) or an empty mask."""
+    values = np.unique(mask)
+    unexpected = values[~np.isin(values, LABELS)]
+    if unexpected.size:
+        shown = ", ".join(f"{v:g}" for v in unexpected[:5]) + (
+            ", ..." if unexpected.size > 5 else ""
+        )
+        allowed = ", ".join(map(str, LABELS))
+        return [Problem(path, f"mask has unexpected values {shown} (allowed labels: {allowed})")]
+    if not values.any():
+        return [Problem(path, "mask is empty (no voxel > 0)")]
+    return []
+
+
+def _read_case(job: tuple[Path, Path, int | None]) -> _Case:
+    """Read and check one case; with an image size, also build its samples at that size."""
+    image_path, mask_path, image_size = job
+    image, problems = _read_volume(image_path)
+    mask, mask_problems = _read_volume(mask_path)
+    problems += mask_problems
+    if problems:
+        return _Case(problems)
+    if mask.shape != image.shape:
+        message = f"mask shape {mask.shape} does not match image shape {image.shape}"
+        return _Case([Problem(mask_path, f"{message} ({image_path.name})")])
+    problems = _mask_problems(mask, mask_path)
+    image = image.astype(np.float32)
+    low, high = image.min(), np.percentile(image, 99)
+    if not np.isfinite(image).all():
+        problems.append(Problem(image_path, "image has NaN or infinite values"))
+    elif high <= low:
+        problems.append(
+            Problem(image_path, "99th-percentile intensity equals the minimum; cannot scale")
+        )
+    if problems:
+        return _Case(problems)
+    # nibabel gives [x, y, z]; the authors (SimpleITK) slice [z, y, x], so do the same.
+    foreground = mask.transpose(2, 1, 0) > 0
+    if image_size is None:
+        return _Case(foreground=foreground)
+    image = (np.clip(image.transpose(2, 1, 0), None, high) - low) / (high - low)
+    centre = np.flatnonzero(foreground.any(axis=(1, 2)))
+    last = image.shape[0] - 1
+    stacked = np.stack(
+        [image[np.maximum(centre - 1, 0)], image[centre], image[np.minimum(centre + 1, last)]],
+        axis=1,
+    )
+    images, masks = resize(
+        torch.from_numpy(stacked), torch.from_numpy(foreground[centre].astype(np.uint8)), image_size
+    )
+    return _Case(foreground=foreground, images=quantize(images), masks=masks)
+
+
+def _read_sites(
+    data_root: Path, sites: Sequence[str], image_size: int | None, workers: int
+) -> tuple[dict[str, dict[str, _Case]], list[Problem]]:
+    """Every case of every site read (in ``workers`` processes), and the problems found."""
+    if not data_root.is_dir():
+        return {}, [Problem(data_root, "data root is not a folder")]
+    problems = []
+    found = {}
+    for site in sites:
+        found[site], site_problems = find_cases(data_root / site)
+        problems += site_problems
+    jobs = [(img, msk, image_size) for cases in found.values() for img, msk in cases.values()]
+    results = iter(map_jobs(_read_case, jobs, workers))
+    read = {site: {case: next(results) for case in cases} for site, cases in found.items()}
+    problems += [p for cases in read.values() for case in cases.values() for p in case.problems]
+    return read, problems
+
+
+def check_prostate(
+    data_root: str | Path, sites: Sequence[str] | None = None, workers: int = 0
+) -> Report:
+    """Check a prostate folder: per-site cases, slices and foreground, and every problem.
+
+    Args:
+        data_root: folder holding one folder per site.
+        sites: site names to check (default: all six); an unknown name raises ValueError.
+        workers: processes decoding volumes in parallel (default 0: in this process).
+    """
+    data_root = Path(data_root)
+    read, problems = _read_sites(data_root, select_sites(sites, SITES), None, workers)
+    report = Report("prostate", data_root, problems=problems, unit="slices")
+    for site, cases in read.items():
+        stats = SiteStats(site)
+        for case in cases.values():
+            if case.foreground is not None:
+                stats.add(case.foreground)
+        report.sites.append(stats)
+    return report
+
+
+def load_prostate(
+    data_root: str | Path,
+    sites: Sequence[str] | None = None,
+    image_size: int = 384,
+    seed: int = 0,
+    split: Sequence[float] = (0.64, 0.16, 0.20),
+    augment: bool = True,
+    split_file: str | Path | Mapping | None = None,
+    workers: int = 0,
+) -> list[SiteData]:
+    """Load prostate sites as ``SiteData`` with train / val / test splits by case.
+
+    Args:
+        data_root: folder holding one folder per site.
+        sites: site names to load (default: all six); an unknown name raises ValueError.
+        image_size: side of the square samples (384 in the paper).
+        seed: seeds the case split (per site, so adding a site leaves the others unchanged).
+        split: train / val / test shares of each site's cases (the paper's 64/16/20).
+        augment: random 90° rotations and flips on the train split.
+        split_file: a split written by ``write_split`` (path or dict) to reuse instead of
+            drawing one; it must list exactly the cases on disk.
+        workers: processes decoding volumes in parallel (default 0: in this process).
+
+    Images are float32 ``[3, image_size, image_size]`` in [0, 1], masks int64 {0, 1}.
+    ``split_of(sites)`` / ``write_split(sites, path)`` give the split used.
+
+    Raises:
+        DataError: listing every problem in the data (or in ``split_file``).
+    """
+    check_fractions(split)
+    names = select_sites(sites, SITES)
+    given = load_split_file(split_file)
+    read, problems = _read_sites(Path(data_root), names, image_size, workers)
+    splits = {}
+    for site, cases in read.items():
+        where = Path(data_root) / site
+        splits[site], split_problems = assign_split(site, list(cases), split, seed, given, where)
+        problems += split_problems
+    if problems:
+        raise DataError(problems)
+    samples = {
+        site: {name: (case.images, case.masks) for name, case in cases.items()}
+        for site, cases in read.items()
+    }
+    return assemble_sites(samples, splits, channels=3, size=image_size, augment=augment)

@@ -1,0 +1,66 @@
+"""Reading run folders and writing what people look at: summary tables and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-round records of a run folder's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a fedbcs run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def final_dice(records: list[dict]) -> dict[str, float]:
+    """Per-site Dice of the last evaluated round."""
+    evaluated = [r for r in records if "dice" in r]
+    if not evaluated:
+        raise ValueError("no evaluated round in these records")
+    return evaluated[-1]["dice"]
+
+
+def dice_table(rows: list[tuple[str, dict[str, float]]], baseline: str | None = None) -> str:
+    """Markdown in the layout of paper Table 1: per-site Dice (%), AVG and Δ vs baseline.
+
+    Args:
+        rows: (method label, {site: Dice in [0, 1]}), all with the same sites.
+        baseline: the label whose AVG Δ is measured from (default: no Δ column).
+    """
+    sites = list(rows[0][1])
+    averages = {label: 100 * float(np.mean([d[s] for s in sites])) for label, d in rows}
+    header = ["Method", *sites, "AVG"] + (["Δ"] if baseline else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, dice in rows:
+        cells = [label, *(f"{100 * dice[s]:.2f}" for s in sites), f"{averages[label]:.2f}"]
+        if baseline:
+            delta = averages[label] - averages[baseline]
+            cells.append("-" if label == baseline else f"{delta:+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_dice(records: list[dict], path: str | Path, title: str = "") -> None:
+    """Dice per round per site, and the mean, as a PNG."""
+    evaluated = [r for r in records if "dice" in r]
+    rounds = [r["round"] for r in evaluated]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for site in evaluated[0]["dice"]:
+        ax.plot(rounds, [100 * r["dice"][site] for r in evaluated], label=site, alpha=0.8)
+    ax.plot(rounds, [100 * r["mean_dice"] for r in evaluated], "k--", lw=2, label="mean")
+    ax.set_xlabel("round")
+    ax.set_ylabel("foreground Dice (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,128 @@
+"""The nuclei loader and checker on tiny PNG / TIFF folders in the published layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedbcs_fl.data.checks import DataError, split_of, write_split
+from fedbcs_fl.data.nuclei import check_nuclei, load_nuclei
+from tests.data.conftest import nuclei_pair, write_nuclei_item, write_picture
+
+
+def test_images_scale_to_unit_range_and_masks_to_foreground(nuclei_root):
+    tnbc, crc = load_nuclei(nuclei_root, sites=["TNBC", "CRC"], image_size=10, augment=False)
+    for site in (tnbc, crc):
+        # Native images are 12x10; resized to 10x10. Masks stay binary.
+        for image, mask in site.test:
+            assert image.shape == (3, 10, 10) and image.dtype == torch.float32
+            assert image.min() >= 0 and image.max() <= 1
+            assert mask.shape == (10, 10) and set(mask.unique().tolist()) == {0, 1}
+
+
+def test_pixels_are_kept_at_native_size_and_masks_resized_nearest(tmp_path):
+    image, labels = nuclei_pair(seed=0, size=(10, 10))
+    for index in range(2):
+        write_picture(tmp_path / "TCIA" / "images" / f"t{index}.png", image)
+        write_picture(tmp_path / "TCIA" / "masks" / f"t{index}.tif", labels)
+    native = load_nuclei(tmp_path, sites=["TCIA"], image_size=10, augment=False)[0].test
+    torch.testing.assert_close(native[0][0], torch.from_numpy(image).permute(2, 0, 1) / 255)
+    expected_mask = torch.from_numpy((labels > 0).astype(np.int64))
+    assert torch.equal(native[0][1], expected_mask)
+    doubled = load_nuclei(tmp_path, sites=["TCIA"], image_size=20, augment=False)[0].test
+    assert torch.equal(doubled[0][1], expected_mask.repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def test_lists_give_train_and_test_and_no_val(nuclei_root):
+    crc = load_nuclei(nuclei_root, sites=["CRC"], image_size=8)[0]
+    assert crc.train.cases == ["crc0", "crc1", "crc2"]
+    assert crc.test.cases == ["crc3", "crc4"]
+    assert crc.val is None
+    assert split_of([crc]) == {
+        "CRC": {"train": ["crc0", "crc1", "crc2"], "val": [], "test": ["crc3", "crc4"]}
+    }
+
+
+def test_without_lists_the_split_is_seeded_by_image(nuclei_root, tmp_path):
+    tnbc = load_nuclei(nuclei_root, sites=["TNBC"], image_size=8)[0]
+    assert (len(tnbc.train), len(tnbc.test), tnbc.val) == (5, 1, None)
+    assert not set(tnbc.train.cases) & set(tnbc.test.cases)
+    split = split_of([tnbc])
+    assert split_of(load_nuclei(nuclei_root, sites=["TNBC"], image_size=8)) == split
+    path = tmp_path / "split.json"
+    write_split(split, path)
+    reused = load_nuclei(nuclei_root, sites=["TNBC"], image_size=8, seed=5, split_file=path)
+    assert split_of(reused) == split
+    three_way = load_nuclei(nuclei_root, sites=["TNBC"], image_size=8, split=(0.5, 0.25, 0.25))[0]
+    assert (len(three_way.train), len(three_way.val), len(three_way.test)) == (2, 2, 2)
+
+
+def test_check_reports_images_with_foreground(nuclei_root):
+    report = check_nuclei(nuclei_root, sites=["TNBC", "CRC"])
+    assert report.ok
+    tnbc = report.sites[0]
+    assert (tnbc.cases, tnbc.slices, tnbc.foreground_slices) == (6, 6, 6)
+    assert tnbc.foreground_fraction == pytest.approx(27 / 120)
+    assert "images with fg / total" in report.format()
+
+
+def test_unknown_domain_names_the_valid_ones(nuclei_root):
+    with pytest.raises(ValueError, match="valid sites: TCIA, CRC, KIRC, TNBC"):
+        check_nuclei(nuclei_root, sites=["BIDMC"])
+
+
+def _bad_domains(root: Path) -> dict[str, str]:
+    """Domains with one of each problem; returns {file name: expected message part}."""
+    kirc = root / "KIRC"
+    image, labels = nuclei_pair(0)
+    write_nuclei_item(kirc, "good")
+    write_picture(kirc / "images" / "lonely.png", image)
+    write_picture(kirc / "masks" / "orphan.png", labels.astype(np.uint8))
+    write_picture(kirc / "images" / "colour.png", image)
+    write_picture(kirc / "masks" / "colour.png", image)
+    write_picture(kirc / "images" / "negative.tif", image)
+    write_picture(kirc / "masks" / "negative.tif", -labels.astype(np.int16))
+    write_picture(kirc / "images" / "fraction.tif", image)
+    write_picture(kirc / "masks" / "fraction.tif", labels.astype(np.float32) / 2)
+    write_picture(kirc / "images" / "shape.png", image)
+    write_picture(kirc / "masks" / "shape.png", labels[:, :8].astype(np.uint8))
+    truncated, _ = write_nuclei_item(kirc, "truncated")
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    (kirc / "train.txt").write_text("good\nmissing.png\n")
+    (root / "TCIA" / "images").mkdir(parents=True)
+    return {
+        "lonely.png": "image has no mask",
+        "orphan.png": "mask has no image",
+        "colour.png": "colour mask",
+        "negative.tif": "values -3, -2, -1",
+        "fraction.tif": "values 0.5, 1.5",
+        "shape.png": "does not match image size",
+        "truncated.png": "cannot read image",
+        "train.txt": "found without its partner",
+        "masks": "folder is missing",
+        "TNBC": "domain folder is missing",
+    }
+
+
+def test_check_lists_every_problem_at_once(tmp_path):
+    expected = _bad_domains(tmp_path)
+    report = check_nuclei(tmp_path, sites=["KIRC", "TCIA", "TNBC"])
+    found = {problem.path.name: problem.message for problem in report.problems}
+    assert set(found) == set(expected)
+    for name, part in expected.items():
+        assert part in found[name], found[name]
+    with pytest.raises(DataError) as error:
+        load_nuclei(tmp_path, sites=["KIRC", "TCIA", "TNBC"], image_size=8)
+    assert len(error.value.problems) == len(expected)
+
+
+def test_list_entries_must_name_images(nuclei_root):
+    (nuclei_root / "CRC" / "val.txt").write_text("crc3\ncrc2.tif\nnope.tif\n")
+    with pytest.raises(DataError) as error:
+        load_nuclei(nuclei_root, sites=["CRC"], image_size=8)
+    message = str(error.value)
+    assert "lists nope, which is not an image with a mask" in message
+    assert "crc2 is also in train.txt" in message

@@ -1,0 +1,211 @@
+"""The synthetic multi-site benchmarks: determinism, format, shared labels, distinct styles."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage, stats
+
+from fedbcs_fl.data import synthetic
+from fedbcs_fl.data.plots import save_site_grid
+from fedbcs_fl.data.synthetic import SYNTHETIC_SITES, make_synthetic
+
+DATASETS = list(SYNTHETIC_SITES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Generate on one thread, then restore the setting.
+
+    The tensors are small: on a busy 2-core machine, synchronising a second thread costs
+    several times the work it shares.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tensors(site, split="train"):
+    return getattr(site, split).tensors
+
+
+@pytest.fixture(scope="module")
+def large():
+    """Enough images per site for distribution statistics (about a second per data set)."""
+    return {name: make_synthetic(name, seed=3, n_train=150, n_test=30) for name in DATASETS}
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_same_seed_same_tensors_other_seed_differs(name):
+    first = make_synthetic(name, seed=7, n_train=3, n_test=2)
+    again = make_synthetic(name, seed=7, n_train=3, n_test=2)
+    other = make_synthetic(name, seed=8, n_train=3, n_test=2)
+    for a, b, c in zip(first, again, other, strict=True):
+        for split in ("train", "test"):
+            tensors = zip(_tensors(a, split), _tensors(b, split), _tensors(c, split), strict=True)
+            for ta, tb, tc in tensors:
+                assert torch.equal(ta, tb)
+                assert not torch.equal(ta, tc)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_a_site_does_not_depend_on_the_other_sites_requested(name):
+    every = make_synthetic(name, n_train=2, n_test=2)
+    last = SYNTHETIC_SITES[name][-1]
+    (alone,) = make_synthetic(name, n_train=2, n_test=2, sites=[last])
+    assert alone.name == last
+    for ta, tb in zip(_tensors(every[-1]), _tensors(alone), strict=True):
+        assert torch.equal(ta, tb)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("image_size", [32, 48, 64])
+def test_shapes_dtypes_and_ranges(name, image_size):
+    sites = make_synthetic(name, n_train=5, n_test=3, image_size=image_size)
+    assert [site.name for site in sites] == SYNTHETIC_SITES[name]
+    for site in sites:
+        assert len(site.train) == 5
+        assert len(site.test) == 3
+        assert site.val is None
+        image, mask = site.train[0]
+        assert image.shape == (3, image_size, image_size)
+        assert image.dtype == torch.float32
+        assert mask.shape == (image_size, image_size)
+        assert mask.dtype == torch.int64
+        for split in ("train", "test"):
+            images, masks = _tensors(site, split)
+            assert torch.isfinite(images).all()
+            assert images.min() >= 0 and images.max() <= 1
+            assert set(masks.unique().tolist()) == {0, 1}
+
+
+def test_default_sizes():
+    for name in DATASETS:
+        for site in make_synthetic(name):
+            images, _ = _tensors(site)
+            assert images.shape == (24, 3, 64, 64)
+            assert len(site.test) == 12
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_train_and_test_are_disjoint(name):
+    for site in make_synthetic(name, n_train=20, n_test=10):
+        train, _ = _tensors(site, "train")
+        test, _ = _tensors(site, "test")
+        distance = torch.cdist(test.flatten(1), train.flatten(1))
+        assert distance.min() > 1.0
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_label_distribution_is_the_same_on_every_site(name, large):
+    fractions = {
+        site.name: _tensors(site)[1].float().mean(dim=(1, 2)).numpy() for site in large[name]
+    }
+    pooled = np.concatenate(list(fractions.values())).mean()
+    for site, fraction in fractions.items():
+        assert abs(fraction.mean() - pooled) < 0.05 * pooled, site
+    for (a, fa), (b, fb) in itertools.combinations(fractions.items(), 2):
+        assert stats.ks_2samp(fa, fb).pvalue > 1e-3, (a, b)
+
+
+def test_nuclei_count_and_size_are_the_same_on_every_site(large):
+    pooled_counts, pooled_areas = {}, {}
+    for site in large["synthetic-nuclei"]:
+        labelled = [ndimage.label(mask)[0] for mask in _tensors(site)[1].numpy()]
+        pooled_counts[site.name] = np.array([labels.max() for labels in labelled])
+        pooled_areas[site.name] = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labelled])
+    for key in (pooled_counts, pooled_areas):
+        means = np.array([values.mean() for values in key.values()])
+        assert means.max() - means.min() < 0.06 * means.mean(), means
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_masks_do_not_depend_on_the_site_style(name, monkeypatch):
+    """Rendering a site with another site's style changes the images, never the masks."""
+    styles = synthetic._GENERATORS[name][0]
+    first, second = SYNTHETIC_SITES[name][:2]
+    (before,) = make_synthetic(name, n_train=4, n_test=2, sites=[second])
+    monkeypatch.setitem(styles, second, styles[first])
+    (after,) = make_synthetic(name, n_train=4, n_test=2, sites=[second])
+    for split in ("train", "test"):
+        assert torch.equal(_tensors(before, split)[1], _tensors(after, split)[1])
+        assert not torch.equal(_tensors(before, split)[0], _tensors(after, split)[0])
+
+
+def _style_features(images: torch.Tensor) -> torch.Tensor:
+    """Per image: channel means and stds, and the mean log amplitude in 4 radial bands."""
+    size = images.shape[-1]
+    f = torch.fft.fftfreq(size)
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) * size
+    log_amplitude = torch.log(torch.fft.fft2(images).abs() + 1e-6).mean(dim=1)
+    edges = [0.5, 3, 8, 16, size / 2]
+    bands = [
+        log_amplitude[:, (radius >= lo) & (radius < hi)].mean(dim=1)
+        for lo, hi in itertools.pairwise(edges)
+    ]
+    return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(2, 3)), torch.stack(bands, 1)], 1)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_sites_are_told_apart_by_their_style(name, large):
+    """A nearest-centroid classifier on colour and spectrum statistics recognises the site.
+
+    Distances are in units of the within-site spread of each statistic.
+    """
+    train = [_style_features(_tensors(site, "train")[0]) for site in large[name]]
+    test = [_style_features(_tensors(site, "test")[0]) for site in large[name]]
+    spread = torch.stack([features.std(0) for features in train]).mean(0)
+    centroids = torch.stack([features.mean(0) for features in train]) / spread
+    for label, features in enumerate(test):
+        predicted = torch.cdist(features / spread, centroids).argmin(1)
+        assert (predicted == label).float().mean() >= 0.9, large[name][label].name
+
+
+def test_nuclei_sites_differ_in_mean_colour(large):
+    colours = {
+        site.name: _tensors(site)[0].mean(dim=(0, 2, 3)) for site in large["synthetic-nuclei"]
+    }
+    for (a, ca), (b, cb) in itertools.combinations(colours.items(), 2):
+        assert (ca - cb).norm() > 0.1, (a, b, ca, cb)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_foreground_contrasts_with_its_surroundings_on_every_site(name, large):
+    for site in large[name]:
+        images, masks = _tensors(site)
+        gray = images.mean(1)
+        near = [ndimage.binary_dilation(mask, iterations=3) for mask in masks.numpy()]
+        ring = torch.from_numpy(np.stack(near)) & ~masks.bool()
+        assert gray[ring].mean() - gray[masks.bool()].mean() > 0.02, site.name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "mnist"}, "synthetic-nuclei, synthetic-prostate"),
+        ({"n_train": 0}, "n_train must be at least 1"),
+        ({"n_test": 2.5}, "n_test must be an integer"),
+        ({"image_size": 16}, "image_size must be at least 32"),
+        ({"seed": -1}, "seed must be at least 0"),
+        ({"seed": True}, "seed must be an integer"),
+        ({"sites": ["site-Z"]}, "valid sites"),
+        ({"sites": []}, "must not be empty"),
+        ({"sites": ["site-A", "site-A"]}, "must not repeat"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, message):
+    kwargs = {"name": "synthetic-nuclei", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        make_synthetic(**kwargs)
+
+
+def test_site_grid_is_a_png(tmp_path):
+    sites = make_synthetic("synthetic-prostate", n_train=2, n_test=1, image_size=32)
+    path = save_site_grid(sites[:2], tmp_path / "figures" / "grid.png", per_site=3, gray_channel=1)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="per_site"):
+        save_site_grid(sites, tmp_path / "bad.png", per_site=0)

@@ -1,0 +1,94 @@
+"""End to end through the ``fedbcs`` command: files, reload, determinism, bad arguments."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedbcs_fl.cli import main
+
+TINY = [
+    "--rounds",
+    "2",
+    "--n-train",
+    "6",
+    "--n-test",
+    "3",
+    "--image-size",
+    "32",
+    "--init-features",
+    "8",
+    "--quiet",
+]
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method, extra", [("fedavg", []), ("fedbcs", ["--proto-dim", "8"])])
+def test_train_writes_results_and_reloads(tmp_path, capsys, method, extra):
+    run = tmp_path / method
+    assert main(["train", "--method", method, *TINY, *extra, "--out", str(run)]) == 0
+    for name in ("config.json", "metrics.jsonl", "summary.md", "dice.png", "model.safetensors"):
+        assert (run / name).exists(), name
+    records = _records(run)
+    assert [r["round"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r["dice"]) == {"site-A", "site-B", "site-C", "site-D"}
+        assert all(0 <= v <= 1 for v in r["dice"].values())
+        assert r["bytes_down"] > 0 and all(v > 0 for v in r["bytes_up"].values())
+    expected_protos = 4 if method == "fedbcs" else 0
+    assert set(records[-1]["prototypes_uploaded"].values()) == {expected_protos}
+    assert "| Method |" in (run / "summary.md").read_text()
+
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "model.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    for site, dice in records[-1]["dice"].items():
+        assert f"{site}: Dice {dice:.4f}" in printed
+
+
+def test_same_seed_same_results(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        args = ["train", "--method", "fedbcs", *TINY, "--proto-dim", "8", "--out", str(run)]
+        assert main(args) == 0
+    a, b = (_records(run) for run in runs)
+    for ra, rb in zip(a, b, strict=True):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    wa, wb = (load_file(str(run / "model.safetensors")) for run in runs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_baseline_delta_in_summary(tmp_path):
+    base, run = tmp_path / "base", tmp_path / "run"
+    assert main(["train", "--method", "fedavg", *TINY, "--rounds", "1", "--out", str(base)]) == 0
+    args = ["train", "--method", "fedavg", *TINY, "--rounds", "1", "--seed", "1"]
+    assert main([*args, "--out", str(run), "--baseline", str(base)]) == 0
+    summary = (run / "summary.md").read_text()
+    assert "fedavg (baseline)" in summary and "Δ" in summary
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--method", "fedmagic"], "invalid choice: 'fedmagic' (choose from"),
+        (["train", "--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["train", "--rounds", "0"], "must be a positive integer"),
+        (["train", "--method", "fedavg", "--tau", "0.1"], "fedavg has no option tau"),
+        (["train", "--dataset", "prostate"], "give --data-root"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "fedbcs_fl.cli", *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,76 @@
+"""FedBCS client loss and payload against an independent, materialised computation."""
+
+import torch
+import torch.nn.functional as F
+
+from fedbcs_fl.algorithms.base import ClientUpdate
+from fedbcs_fl.algorithms.fedbcs import FedBCS
+from fedbcs_fl.config import RunConfig
+
+
+def _algorithm(**options):
+    config = RunConfig(method="fedbcs", init_features=8, method_options={"proto_dim": 8, **options})
+    return FedBCS(config.resolved(), in_channels=3, num_classes=2)
+
+
+def test_alignment_terms_equal_materialised_formula():
+    torch.manual_seed(0)
+    algorithm = _algorithm(tau=0.05)
+    model = algorithm.build_model()
+    x = torch.randn(2, 3, 32, 32)
+    masks = (torch.rand(2, 32, 32) > 0.6).long()
+    _, embeddings = model.forward_with_embeddings(x)
+    for stream, emb in embeddings.items():
+        dim = emb.dim
+        protos = torch.randn(3, dim)
+        payload = {
+            f"protos/{stream}": protos,
+            f"labels/{stream}": torch.tensor([0, 1, 1]),
+            f"mean/{stream}": torch.randn(2, dim),
+            f"mean_present/{stream}": torch.tensor([True, True]),
+        }
+        contra, consis = algorithm.alignment_terms(emb, masks, payload, stream)
+
+        e = emb.materialize().permute(0, 2, 3, 1).double()  # [B, Ht, Wt, D]
+        labels = F.interpolate(masks[:, None].float(), size=e.shape[1:3], mode="nearest")
+        labels = labels[:, 0].long()
+        anchors = e[labels > 0]
+        cos = F.normalize(anchors, dim=1) @ F.normalize(protos.double(), dim=1).T
+        weights = (cos / 0.05).exp()
+        expected_contra = -torch.log(weights[:, 1:].sum(1) / weights.sum(1)).mean()
+        mean = payload[f"mean/{stream}"].double()
+        expected_consis = ((anchors - mean[1]) ** 2).sum(1).mean() / dim
+        torch.testing.assert_close(contra.double(), expected_contra, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(consis.double(), expected_consis, rtol=1e-4, atol=1e-5)
+
+
+def test_payload_has_four_prototypes_and_server_clusters_them():
+    torch.manual_seed(0)
+    algorithm = _algorithm()
+    model = algorithm.build_model()
+    from fedbcs_fl.algorithms.base import LocalContext
+
+    ctx = LocalContext(global_payload={}, state={}, device=torch.device("cpu"), last_epoch=True)
+    x = torch.randn(2, 3, 32, 32)
+    masks = (torch.rand(2, 32, 32) > 0.5).long()
+    algorithm.training_loss(model, x, masks, ctx)
+    payload = algorithm.end_local(model, ctx)
+    assert algorithm.count_prototypes(payload) == 4
+    # The prototypes are the exact class means of the materialised embedding.
+    _, embeddings = model.forward_with_embeddings(x)
+    e = embeddings["decoder"].materialize()
+    labels = embeddings["decoder"].labels_at_target(masks)
+    fg = e.permute(0, 2, 3, 1)[labels == 1].mean(0)
+    torch.testing.assert_close(payload["protos/decoder"][1], fg, rtol=1e-4, atol=1e-5)
+
+    updates = [ClientUpdate({}, 2, payload), ClientUpdate({}, 2, payload)]
+    server = algorithm.aggregate_payload(updates, {})
+    # Two identical clients: one cluster per class, equal to the client prototypes.
+    assert server["labels/decoder"].tolist() == [0, 1]
+    torch.testing.assert_close(server["mean/decoder"], payload["protos/decoder"])
+
+
+def test_no_cdpa_sends_nothing():
+    algorithm = _algorithm(cdpa=False)
+    assert algorithm.aggregate_payload([ClientUpdate({}, 1, {})], {}) == {}
+    assert not hasattr(algorithm.build_model(), "forward_with_embeddings")
