@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The default experiment: FedAvg, then FedBCS with Δ against it, on synthetic-nuclei.
+RUN_DIR := runs/default-$(shell date +%Y%m%d-%H%M%S)
 run: setup
-	$(PY) -m pytest benchmarks --benchmark-enable -q -p no:cacheprovider
+	$(VENV)/bin/fedbcs train --method fedavg --out $(RUN_DIR)/fedavg
+	$(VENV)/bin/fedbcs train --method fedbcs --out $(RUN_DIR)/fedbcs --baseline $(RUN_DIR)/fedavg
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -72,33 +72,45 @@ def cluster_class_prototypes(
         present: per client ``[K]`` bool, which classes the client has.
 
     Returns:
+        As :func:`cluster_class_rows` over the present rows, in client order.
+    """
+    rows = torch.cat([p[m] for p, m in zip(protos, present, strict=True)])
+    labels = torch.cat([torch.nonzero(m)[:, 0] for m in present])
+    return cluster_class_rows(rows, labels, num_classes=protos[0].shape[0])
+
+
+def cluster_class_rows(
+    rows: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> dict[str, torch.Tensor]:
+    """FINCH cluster prototypes per class over labelled vectors, and their mean.
+
+    Args:
+        rows: ``[N, D]`` vectors (e.g. every client's prototypes, concatenated).
+        labels: ``[N]`` int64 class id of each row.
+        num_classes: K.
+
+    Returns:
         ``{"protos": [S, D], "labels": [S] class ids, "mean": [K, D], "mean_present": [K]}``
         where ``mean[c]`` is the mean of class c's cluster prototypes (paper eq. 13–14)
-        and ``mean_present[c]`` says whether any client sent class c.
+        and ``mean_present[c]`` says whether any row has class c.
     """
-    num_classes, dim = protos[0].shape
-    clusters, labels = [], []
-    mean = torch.zeros(num_classes, dim, dtype=protos[0].dtype)
+    dim = rows.shape[1]
+    clusters = [torch.zeros(0, dim, dtype=rows.dtype)]
+    cluster_labels = [torch.zeros(0, dtype=torch.int64)]
+    mean = torch.zeros(num_classes, dim, dtype=rows.dtype)
     mean_present = torch.zeros(num_classes, dtype=torch.bool)
     for c in range(num_classes):
-        members = [p[c] for p, m in zip(protos, present, strict=True) if m[c]]
-        if not members:
+        members = rows[labels == c]
+        if members.shape[0] == 0:
             continue
-        means = finch_cluster_means(torch.stack(members))
+        means = finch_cluster_means(members)
         clusters.append(means)
-        labels.append(torch.full((means.shape[0],), c, dtype=torch.int64))
+        cluster_labels.append(torch.full((means.shape[0],), c, dtype=torch.int64))
         mean[c] = means.mean(0)
         mean_present[c] = True
-    if not clusters:
-        return {
-            "protos": torch.zeros(0, dim),
-            "labels": torch.zeros(0, dtype=torch.int64),
-            "mean": mean,
-            "mean_present": mean_present,
-        }
     return {
         "protos": torch.cat(clusters),
-        "labels": torch.cat(labels),
+        "labels": torch.cat(cluster_labels),
         "mean": mean,
         "mean_present": mean_present,
     }

@@ -1,4 +1,4 @@
-"""The ``fedbcs`` command: train, eval, show-data.
+"""The ``fedbcs`` command: train, eval, show-data, compare, check-data, flower-local.
 
 Bad arguments print one line naming the valid choices and exit with status 2.
 """
@@ -90,6 +90,16 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
     p.add_argument("--init-features", type=_positive_int, default=d.init_features)
     p.add_argument("--device", default=d.device)
     p.add_argument("--eval-every", type=_positive_int, default=d.eval_every)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every)
+    p.add_argument("--client-timeout", type=float, help="seconds (default: no limit)")
+    p.add_argument(
+        "--screen-norm-factor",
+        type=float,
+        default=d.screen_norm_factor,
+        help="reject updates this many times the median norm (0: off)",
+    )
+    p.add_argument("--screen-max-examples", type=_positive_int, default=d.screen_max_examples)
+    p.add_argument("--inject-faults", help="fault drill, e.g. site-B:nan@2 (docs/reliability.md)")
     if not method_arguments:
         return
     group = p.add_argument_group("method options (default: the method's own)")
@@ -126,34 +136,53 @@ def _default_out(config: RunConfig) -> Path:
     return Path("runs") / f"{config.method}-{config.dataset}-seed{config.seed}"
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .data import REAL_DATASETS, load_sites
-    from .data.checks import write_split
+def _write_summary(config: RunConfig, out: Path, records: list[dict], baseline_dir) -> str:
     from .results import dice_table, final_dice, plot_dice, read_metrics
-    from .simulation import Simulation
 
-    config = config_from_args(args)
-    out = Path(args.out) if args.out else _default_out(config)
-    if (out / "metrics.jsonl").exists():
-        raise ValueError(f"{out} already holds a run; choose another --out or delete it")
-    sites = load_sites(config, workers=args.workers)
-    simulation = Simulation(config, sites, out, progress=not args.quiet)
-    if config.dataset in REAL_DATASETS:
-        write_split(sites, out / "split.json")
-    records = simulation.run()
     rows = [(config.method, final_dice(records))]
     baseline = None
-    if args.baseline:
-        base_config = RunConfig.load(Path(args.baseline) / "config.json")
+    if baseline_dir:
+        base_config = RunConfig.load(Path(baseline_dir) / "config.json")
         baseline = base_config.method + " (baseline)"
-        rows.insert(0, (baseline, final_dice(read_metrics(args.baseline))))
+        rows.insert(0, (baseline, final_dice(read_metrics(baseline_dir))))
     table = dice_table(rows, baseline)
     (out / "summary.md").write_text(
         f"# {config.method} on {config.dataset}\n\n{config.rounds} rounds, seed {config.seed}."
         f" Foreground Dice (%) of the global model on each site's test split.\n\n{table}"
     )
     plot_dice(records, out / "dice.png", title=f"{config.method} on {config.dataset}")
-    print(table)
+    return table
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import REAL_DATASETS, load_sites
+    from .data.checks import write_split
+    from .simulation import Simulation
+
+    if args.resume:
+        out = Path(args.resume)
+        config = RunConfig.load(out / "config.json")
+    else:
+        config = config_from_args(args)
+        out = Path(args.out) if args.out else _default_out(config)
+        if (out / "metrics.jsonl").exists():
+            raise ValueError(
+                f"{out} already holds a run; continue it with --resume {out}, "
+                "or choose another --out"
+            )
+    sites = load_sites(config, workers=args.workers)
+    simulation = Simulation(config, sites, out, progress=not args.quiet)
+    if args.resume:
+        simulation.resume()
+        print(f"resuming {out} after round {simulation.completed_rounds}")
+    if config.dataset in REAL_DATASETS and not (out / "split.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_split(sites, out / "split.json")
+    records = simulation.run()
+    print(_write_summary(config, out, records, args.baseline))
+    faults = simulation.fault_summary()
+    if faults:
+        print("faults and rejected updates:\n" + faults)
     print(f"results in {out}/")
     return 0
 
@@ -238,6 +267,24 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_flower_local(args: argparse.Namespace) -> int:
+    from .flower.local import run_local
+
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / f"flower-{_default_out(config).name}"
+    report = run_local(config, args.clients, out, args.fail_partition, args.timeout)
+    if not report["ok"]:
+        print(
+            f"fedbcs flower-local: run {report['run_id']} ended {report['status']} after "
+            f"{report['rounds_completed']}/{config.rounds} rounds; logs in {report['logs']}",
+            file=sys.stderr,
+        )
+        return 1
+    print((out / "summary.md").read_text())
+    print(f"run {report['run_id']} {report['status']}; results in {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedbcs", description="FedBCS federated segmentation")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -245,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run a federated experiment (default: FedBCS)")
     _add_run_arguments(train)
     train.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-seed<seed>)")
+    train.add_argument("--resume", metavar="DIR", help="continue a killed run from its folder")
     train.add_argument("--baseline", help="a FedAvg run folder to report Δ against")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--workers", type=int, default=0, help="processes decoding real data")
@@ -282,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sites", type=_site_list)
     check.add_argument("--workers", type=int, default=0, help="processes decoding files")
     check.set_defaults(func=cmd_check_data)
+
+    flower = commands.add_parser(
+        "flower-local", help="a real Flower deployment on loopback (SuperLink + SuperNodes)"
+    )
+    _add_run_arguments(flower)
+    flower.add_argument("--clients", type=_positive_int, default=2, help="SuperNodes (sites)")
+    flower.add_argument("--out", help="run folder (default: runs/flower-<method>-...)")
+    flower.add_argument("--timeout", type=float, default=3600.0, help="seconds for the run")
+    flower.add_argument(
+        "--fail-partition", type=int, default=-1, help="fault injection: this node's train raises"
+    )
+    flower.set_defaults(func=cmd_flower_local)
     return parser
 
 

@@ -6,6 +6,8 @@ algorithm decides the loss, the optimiser step and the payload.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, ClientUpdate, LocalContext
 from .config import RunConfig
+from .metrics import segmentation_metrics
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -27,6 +30,16 @@ def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adam, sgd")
+
+
+def train_loader(dataset, config: RunConfig, client_index: int) -> DataLoader:
+    """Client ``client_index``'s shuffled training loader, seeded from the run's seed.
+
+    Its ``generator`` advances with every epoch: an engine that rebuilds the loader each
+    round restores the generator's state to keep the same order of batches.
+    """
+    generator = torch.Generator().manual_seed(config.seed * 1000 + client_index)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
 
 
 def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -44,12 +57,14 @@ def local_train(
     epochs: int,
     device: torch.device,
     progress: str | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> ClientUpdate:
     """Train ``model`` (already holding the global weights) for ``epochs`` local epochs.
 
     ``optimizer`` persists across rounds, as in the released code: its moments carry over
     while the weights are replaced by the global ones. ``state`` is the client's
-    persistent dict for algorithm state (e.g. MOON's previous model).
+    persistent dict for algorithm state (e.g. MOON's previous model). ``on_step`` is
+    called with the step count after every optimiser step.
     """
     model.train()
     ctx = LocalContext(
@@ -74,6 +89,8 @@ def local_train(
             total_loss += float(loss)
             examples += images.shape[0] if ctx.last_epoch else 0
             bar.update()
+            if on_step is not None:
+                on_step(steps)
     bar.close()
     payload = algorithm.end_local(model, ctx)
     metrics = {"loss": total_loss / max(steps, 1), "steps": float(steps)}
@@ -90,3 +107,12 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device):
         preds.append(model(images.to(device)).argmax(1).cpu())
         masks.append(batch_masks)
     return torch.cat(preds), torch.cat(masks)
+
+
+def evaluate_split(
+    model: nn.Module, dataset, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Dice, HD95 and ASSD (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model``
+    on one split."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return segmentation_metrics(*predict(model, loader, device))

@@ -56,6 +56,11 @@ class RunConfig:
     init_features: int = 16
     device: str = "cpu"
     eval_every: int = 1
+    checkpoint_every: int = 1
+    client_timeout: float | None = None
+    screen_norm_factor: float = 10.0
+    screen_max_examples: int = 10_000_000
+    inject_faults: str | None = None
     method_options: dict = field(default_factory=dict)
     version: int = CONFIG_VERSION
 

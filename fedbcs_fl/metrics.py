@@ -13,11 +13,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_dice,
-    compute_hausdorff_distance,
-)
 
 
 def _onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -29,6 +24,13 @@ def segmentation_metrics(preds: torch.Tensor, masks: torch.Tensor, num_classes: 
 
     Dice is the mean foreground Dice in [0, 1]; distances are in pixels.
     """
+    # MONAI takes seconds to import: only code that scores predictions pays for it.
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+    )
+
     y_pred, y = _onehot(preds, num_classes), _onehot(masks, num_classes)
     dice = compute_dice(y_pred, y, include_background=False, ignore_empty=False)
     both_empty = (y_pred[:, 1:].sum((2, 3)) == 0) & (y[:, 1:].sum((2, 3)) == 0)

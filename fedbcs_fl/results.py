@@ -64,3 +64,18 @@ def plot_dice(records: list[dict], path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def is_evaluation_round(config, round_index: int) -> bool:
+    """Every ``eval_every`` rounds and after the last: both engines evaluate then."""
+    return round_index % config.eval_every == 0 or round_index == config.rounds
+
+
+def evaluation_fields(evaluation: dict[str, dict[str, float]]) -> dict:
+    """The evaluation keys of a round record: per-site and mean (NaN-skipping) Dice, HD95
+    and ASSD, from ``{site: segmentation_metrics(...)}``."""
+    fields = {}
+    for metric in ("dice", "hd95", "assd"):
+        fields[metric] = {site: m[metric] for site, m in evaluation.items()}
+        fields[f"mean_{metric}"] = float(np.nanmean(list(fields[metric].values())))
+    return fields

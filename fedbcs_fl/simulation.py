@@ -1,9 +1,15 @@
 """The in-process federation: every client in one process, deterministic on CPU.
 
 Each round: choose the participating clients, train each locally from the global
-weights (:func:`fedbcs_fl.client.local_train`), aggregate with the algorithm's server
-side, evaluate the global model on every site's test split, and append one line to
-``metrics.jsonl``.
+weights (:func:`fedbcs_fl.client.local_train`), screen the replies
+(:func:`fedbcs_fl.screening.screen_updates`), aggregate the accepted ones with the
+algorithm's server side, evaluate the global model on every site's test split, append
+one line to ``metrics.jsonl`` and write a checkpoint. A client that raises, drops out or
+runs past ``client_timeout`` is reported and the round goes on with the others; if no
+reply is accepted the global model stays as it was.
+
+A killed run resumes from its last checkpoint (:meth:`Simulation.resume`) and ends with
+the same model, bit for bit, as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,22 +19,32 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .algorithms import build_algorithm
 from .algorithms.base import Algorithm, ClientUpdate
-from .client import local_train, make_optimizer, model_weights, predict
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
+from .client import evaluate_split, local_train, make_optimizer, model_weights, train_loader
 from .config import RunConfig
 from .data.base import SiteData
-from .metrics import segmentation_metrics
+from .faults import ClientFault, FaultInjector, maybe_kill
+from .results import evaluation_fields, is_evaluation_round
+from .screening import ScreeningPolicy, screen_updates
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -49,16 +65,34 @@ class ClientRuntime:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loader: DataLoader
+    generator: torch.Generator
     state: dict = field(default_factory=dict)
+    straggler: Future | None = None  # a timed-out round still running in the background
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one whole line and fsync, so the file never ends with a broken line."""
+    """Append one whole line and fsync; a kill mid-write leaves at most a torn last line,
+    which :func:`valid_jsonl_lines` drops."""
     line = json.dumps(record, sort_keys=True) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def valid_jsonl_lines(path: Path) -> list[str]:
+    """The complete JSON lines of ``path`` (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if line.endswith("\n"):
+            lines.append(line)
+    return lines
 
 
 class Simulation:
@@ -67,7 +101,8 @@ class Simulation:
     Args:
         config: the run configuration (dataset defaults are filled in).
         sites: one :class:`SiteData` per client.
-        out_dir: where ``config.json``, ``metrics.jsonl`` and the model go (None: nowhere).
+        out_dir: where ``config.json``, ``metrics.jsonl``, checkpoints and the model go
+            (None: nowhere, and no checkpoints).
         progress: show progress bars and a line per round.
         on_round: optional callback given each round's record.
     """
@@ -94,18 +129,24 @@ class Simulation:
         self.global_payload: dict[str, torch.Tensor] = {}
         self.clients = [self._client(i, site) for i, site in enumerate(sites)]
         self.selection_rng = np.random.default_rng(self.config.seed)
+        self.faults = FaultInjector(
+            self.config.inject_faults, hang_seconds=2 * (self.config.client_timeout or 0)
+        )
+        self.policy = ScreeningPolicy(
+            max_examples=self.config.screen_max_examples,
+            norm_factor=self.config.screen_norm_factor,
+        )
+        self.completed_rounds = 0
         self.history: list[dict] = []
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(self.config.to_json())
+        self.last_replies: list[tuple[str, ClientUpdate]] = []  # the last round's, as sent
 
     def _client(self, index: int, site: SiteData) -> ClientRuntime:
         model = copy.deepcopy(self.global_model)
-        generator = torch.Generator().manual_seed(self.config.seed * 1000 + index)
-        loader = DataLoader(
-            site.train, batch_size=self.config.batch_size, shuffle=True, generator=generator
-        )
-        return ClientRuntime(site.name, model, make_optimizer(model, self.config), loader)
+        loader = train_loader(site.train, self.config, index)
+        optimizer = make_optimizer(model, self.config)
+        return ClientRuntime(site.name, model, optimizer, loader, loader.generator)
+
+    # ---- one round ----------------------------------------------------------------
 
     def select_clients(self) -> list[ClientRuntime]:
         n = self.config.clients_per_round or len(self.clients)
@@ -117,6 +158,7 @@ class Simulation:
         return [self.clients[i] for i in chosen]
 
     def train_client(self, client: ClientRuntime, round_index: int) -> ClientUpdate:
+        self.faults.before_training(client.name, round_index)
         client.model.load_state_dict(self.global_weights)
         label = f"round {round_index} {client.name}" if self.progress else None
         return local_train(
@@ -129,67 +171,180 @@ class Simulation:
             self.config.local_epochs,
             self.device,
             progress=label,
+            on_step=lambda step: maybe_kill(round_index, "local"),
         )
+
+    def _train_with_deadline(self, client: ClientRuntime, round_index: int) -> ClientUpdate:
+        """Train, or raise ClientFault past ``client_timeout`` (the client then straggles)."""
+        timeout = self.config.client_timeout
+        if timeout is None:
+            return self.train_client(client, round_index)
+        if client.straggler is not None and not client.straggler.done():
+            raise ClientFault(f"{client.name} is still busy with an earlier round")
+        pool = ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(self.train_client, client, round_index)
+        pool.shutdown(wait=False)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            client.straggler = future
+            raise ClientFault(f"{client.name} timed out after {timeout:g} s") from None
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, dict[str, float]]:
         """Metrics of the global model (or ``model``) on every site's test split."""
         model = model or self.global_model
-        results = {}
-        for site in self.sites:
-            loader = DataLoader(site.test, batch_size=self.config.batch_size, shuffle=False)
-            preds, masks = predict(model, loader, self.device)
-            results[site.name] = segmentation_metrics(preds, masks)
-        return results
+        return {
+            site.name: evaluate_split(model, site.test, self.config.batch_size, self.device)
+            for site in self.sites
+        }
 
     def run_round(self, round_index: int) -> dict:
         start = time.perf_counter()
         chosen = self.select_clients()
-        updates = [self.train_client(c, round_index) for c in chosen]
-        down = tensor_bytes(self.global_weights) + tensor_bytes(self.global_payload)
-        self.global_weights, self.global_payload = self.algorithm.aggregate(
-            updates, self.global_weights, self.global_payload
+        replies: list[tuple[str, ClientUpdate]] = []
+        faults: dict[str, str] = {}
+        for client in chosen:
+            try:
+                update = self._train_with_deadline(client, round_index)
+            except ClientFault as fault:
+                faults[client.name] = str(fault)
+                continue
+            except Exception as error:  # a failing client must not stop the federation
+                faults[client.name] = f"raised {type(error).__name__}: {error}"
+                continue
+            replies.append((client.name, self.faults.corrupt(client.name, round_index, update)))
+        self.last_replies = replies
+        accepted, rejected = screen_updates(
+            self.algorithm, replies, self.global_weights, self.global_payload, self.policy
         )
-        self.global_model.load_state_dict(self.global_weights)
+        down = tensor_bytes(self.global_weights) + tensor_bytes(self.global_payload)
+        maybe_kill(round_index, "aggregate")
+        if accepted:
+            self.global_weights, self.global_payload = self.algorithm.aggregate(
+                [u for _, u in accepted], self.global_weights, self.global_payload
+            )
+            self.global_model.load_state_dict(self.global_weights)
         record = {
             "round": round_index,
             "clients": [c.name for c in chosen],
-            "client_metrics": {c.name: u.metrics for c, u in zip(chosen, updates, strict=True)},
+            "aggregated": [name for name, _ in accepted],
+            "faults": faults,
+            "rejected": rejected,
+            "client_metrics": {name: u.metrics for name, u in replies},
             "prototypes_uploaded": {
-                c.name: self.algorithm.count_prototypes(u.payload)
-                for c, u in zip(chosen, updates, strict=True)
+                name: self.algorithm.count_prototypes(u.payload) for name, u in replies
             },
             "bytes_up": {
-                c.name: tensor_bytes(u.weights) + tensor_bytes(u.payload)
-                for c, u in zip(chosen, updates, strict=True)
+                name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in replies
             },
             "bytes_down": down,
         }
-        if round_index % self.config.eval_every == 0 or round_index == self.config.rounds:
-            evaluation = self.evaluate()
-            for metric in ("dice", "hd95", "assd"):
-                record[metric] = {site: m[metric] for site, m in evaluation.items()}
-                record[f"mean_{metric}"] = float(np.nanmean(list(record[metric].values())))
+        if is_evaluation_round(self.config, round_index):
+            record |= evaluation_fields(self.evaluate())
         record["seconds"] = time.perf_counter() - start
         return record
 
+    # ---- checkpoints ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue after the last completed round, bit for bit."""
+        return {
+            "version": self.config.version,
+            "method": self.config.method,
+            "round": self.completed_rounds,
+            "global_weights": self.global_weights,
+            "global_payload": self.global_payload,
+            "clients": {
+                c.name: {
+                    "optimizer": c.optimizer.state_dict(),
+                    "state": c.state,
+                    "generator": c.generator.get_state(),
+                }
+                for c in self.clients
+            },
+            "selection_rng": json.dumps(self.selection_rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["method"] != self.config.method or state["version"] != self.config.version:
+            raise ValueError(
+                f"checkpoint of {state['method']} (config version {state['version']}) does not "
+                f"fit this {self.config.method} run (version {self.config.version})"
+            )
+        self.completed_rounds = int(state["round"])
+        self.global_weights = state["global_weights"]
+        self.global_payload = state["global_payload"]
+        self.global_model.load_state_dict(self.global_weights)
+        for client in self.clients:
+            saved = state["clients"][client.name]
+            client.optimizer.load_state_dict(saved["optimizer"])
+            client.state = saved["state"]
+            client.generator.set_state(saved["generator"])
+        self.selection_rng.bit_generator.state = json.loads(state["selection_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def _save_checkpoint(self) -> None:
+        rounds = self.completed_rounds
+        save_checkpoint(
+            self.out_dir / CHECKPOINT_NAME,
+            self.state_dict(),
+            before_rename=lambda: maybe_kill(rounds, "checkpoint"),
+        )
+
+    def resume(self) -> None:
+        """Continue from ``out_dir``'s checkpoint; metrics after it are dropped."""
+        path = self.out_dir / CHECKPOINT_NAME
+        if path.exists():
+            self.load_state_dict(load_checkpoint(path))
+        metrics = self.out_dir / "metrics.jsonl"
+        lines = valid_jsonl_lines(metrics)
+        kept = [line for line in lines if json.loads(line)["round"] <= self.completed_rounds]
+        atomic_write_text(metrics, "".join(kept))
+        self.history = [json.loads(line) for line in kept]
+
+    # ---- the whole run ----------------------------------------------------------------
+
     def run(self) -> list[dict]:
-        """All rounds; returns the per-round records (also in ``metrics.jsonl``)."""
-        rounds = range(1, self.config.rounds + 1)
+        """All remaining rounds; returns the per-round records (also in ``metrics.jsonl``)."""
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / "config.json", self.config.to_json())
+        rounds = range(self.completed_rounds + 1, self.config.rounds + 1)
         bar = tqdm(rounds, desc=self.config.method, disable=not self.progress)
         for r in bar:
             record = self.run_round(r)
             self.history.append(record)
+            self.completed_rounds = r
             if self.out_dir is not None:
                 append_jsonl(self.out_dir / "metrics.jsonl", record)
-            if self.progress and "mean_dice" in record:
-                sites = " ".join(f"{k}={v:.3f}" for k, v in record["dice"].items())
-                bar.write(f"round {r:3d}  mean Dice {record['mean_dice']:.4f}  ({sites})")
+                if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
+                    self._save_checkpoint()
+            if self.progress:
+                bar.write(self._round_line(record))
             if self.on_round is not None:
                 self.on_round(record)
         if self.out_dir is not None:
-            save_file(
-                self.global_weights,
-                str(self.out_dir / "model.safetensors"),
-                metadata={"method": self.config.method, "version": str(self.config.version)},
-            )
+            metadata = {"method": self.config.method, "version": str(self.config.version)}
+            save_model(self.out_dir / "model.safetensors", self.global_weights, metadata)
         return self.history
+
+    @staticmethod
+    def _round_line(record: dict) -> str:
+        line = f"round {record['round']:3d}"
+        if "mean_dice" in record:
+            sites = " ".join(f"{k}={v:.3f}" for k, v in record["dice"].items())
+            line += f"  mean Dice {record['mean_dice']:.4f}  ({sites})"
+        for kind in ("faults", "rejected"):
+            if record[kind]:
+                line += f"  {kind}: " + "; ".join(f"{c}: {r}" for c, r in record[kind].items())
+        return line
+
+    def fault_summary(self) -> str:
+        """Every fault and rejection of the run, one line each ("" when there were none)."""
+        lines = []
+        for record in self.history:
+            for kind in ("faults", "rejected"):
+                for client, reason in record.get(kind, {}).items():
+                    lines.append(f"round {record['round']}: {client} {kind[:-1]}: {reason}")
+        return "\n".join(lines)

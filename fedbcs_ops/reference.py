@@ -66,15 +66,21 @@ def fsr_module_fft(module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _features_at_label_resolution(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(features.float(), size=labels.shape[-2:], mode="nearest")
+    if features.dtype != torch.float64:
+        features = features.float()
+    return F.interpolate(features, size=labels.shape[-2:], mode="nearest")
 
 
 def class_sums(features, labels, num_classes: int, ignore_index: int | None = None):
-    """Per-class feature sums and pixel counts at label resolution, as the released code."""
+    """Per-class feature sums and pixel counts at label resolution, as the released code.
+
+    Sums are float32, or float64 for float64 features (a more exact oracle).
+    """
     pixels = _features_at_label_resolution(features, labels).permute(0, 2, 3, 1)
     pixels = pixels.reshape(-1, features.shape[1])
     flat = labels.reshape(-1)
-    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float32)
+    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    sums = torch.zeros(num_classes, features.shape[1], dtype=dtype)
     counts = torch.zeros(num_classes, dtype=torch.float32)
     for k in range(num_classes):
         if ignore_index is not None and k == ignore_index:

@@ -15,7 +15,15 @@ from .base import Algorithm, ClientUpdate, LocalContext
 METHODS: dict[str, tuple[str, str]] = {
     "fedavg": ("base", "Algorithm"),
     # weights-only baselines
+    "fedprox": ("fedprox", "FedProx"),
+    "moon": ("moon", "MOON"),
+    "harmofl": ("harmofl", "HarmoFL"),
+    "feduv": ("feduv", "FedUV"),
     # prototype baselines
+    "fedproto": ("fedproto", "FedProto"),
+    "fpl": ("fpl", "FPL"),
+    "fedcontrast": ("fedcontrast", "FedContrast"),
+    "fedplvm": ("fedplvm", "FedPLVM"),
     "fedbcs": ("fedbcs", "FedBCS"),
 }
 

@@ -7,6 +7,8 @@ full resolution. The bottleneck is the decoder's ``center`` output (16f channels
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -29,15 +31,13 @@ class FeatureUNet(nn.Module):
         self.pixel_channels = unet.decoder.out_channels
         self.bottleneck_channels = 2 * unet.encoder.out_channels[-1]
         self._recorded: dict[str, torch.Tensor] | None = None
-        unet.decoder.blocks[-1].register_forward_hook(self._hook("pixels"))
-        unet.decoder.center.register_forward_hook(self._hook("bottleneck"))
+        unet.decoder.blocks[-1].register_forward_hook(functools.partial(self._record, "pixels"))
+        unet.decoder.center.register_forward_hook(functools.partial(self._record, "bottleneck"))
 
-    def _hook(self, key: str):
-        def record(module, inputs, output):
-            if self._recorded is not None:
-                self._recorded[key] = output
-
-        return record
+    def _record(self, key: str, module, inputs, output):
+        # A bound method, not a closure: copy.deepcopy re-binds it to the copy's self.
+        if self._recorded is not None:
+            self._recorded[key] = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x)

@@ -25,10 +25,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedbcs_ops import prototypes_from_sums
-
 from ..aggregation import cluster_class_prototypes
 from ..losses import multi_positive_infonce, segmentation_loss
+from ._protos import class_mean_payload
 from .base import Algorithm, ClientUpdate, LocalContext
 
 STREAMS = ("encoder", "decoder")
@@ -109,13 +108,7 @@ class FedBCS(Algorithm):
     def end_local(self, model, ctx: LocalContext):
         payload = {}
         for stream in STREAMS:
-            if f"sums/{stream}" not in ctx.sums:
-                continue
-            protos, present = prototypes_from_sums(
-                ctx.sums[f"sums/{stream}"], ctx.sums[f"counts/{stream}"]
-            )
-            payload[f"protos/{stream}"] = protos[present].to(torch.float32)
-            payload[f"labels/{stream}"] = torch.nonzero(present)[:, 0]
+            payload |= class_mean_payload(ctx, f"/{stream}")
         return payload
 
     # ---- server side ----------------------------------------------------------------

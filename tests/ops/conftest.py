@@ -20,6 +20,8 @@ def assert_close(actual, expected, rtol, what=""):
     actual = actual.detach().double().cpu()
     expected = expected.detach().double().cpu()
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert torch.isfinite(expected).all(), f"{what}: the reference itself is not finite"
+    assert torch.isfinite(actual).all(), f"{what}: not finite where the reference is"
     diff = (actual - expected).abs()
     scale = expected.abs().max().clamp_min(1e-12)
     rel = (diff.max() / scale).item()

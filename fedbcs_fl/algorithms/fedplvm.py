@@ -1,0 +1,91 @@
+"""FedPLVM (Wang et al. 2024), for per-pixel segmentation.
+
+Client loss: (CE + soft Dice) / 2 + λ·(L_α + L_corr) over every pixel feature f (last
+decoder block) of a class the server has prototypes for:
+
+- L_α, α-sparsity prototype loss: multi-positive InfoNCE of s_j^α / τ against all global
+  cluster prototypes g_j, positives those of the pixel's class, with
+  s_j = cos(f, g_j) clamped to [ε, 1] (ε = 1e-6) so that the power is defined.
+- L_corr, intra-class correction: 2·mean (1 − cos(f, ḡ_y))², ḡ_y the mean of the global
+  cluster prototypes of the pixel's class.
+
+α = 0.25, τ = 0.07, λ = 1 (the authors use 100, which swamps the Dice loss here).
+In round 1 both terms are 0.
+
+Payload up (dual-level clustering, first level): for every image of the last local
+epoch and every class in it, the mean pixel feature of that class in that image; per
+class, FINCH (cosine, last partition) over those vectors; their cluster means go up
+(``protos``, ``labels``), a variable number per class. Server (second level): size-
+weighted FedAvg of the weights; per class, FINCH again over all clients' cluster
+prototypes; down go the global cluster prototypes (``protos``, ``labels``) and their
+per-class mean (``mean``, ``mean_present``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from fedbcs_ops import class_sums
+
+from ..aggregation import cluster_class_rows
+from ._protos import (
+    PixelPrototypeAlgorithm,
+    cosine,
+    mean_or_zero,
+    pixel_rows,
+    present_rows,
+    prototype_infonce,
+)
+
+COS_EPS = 1e-6  # lower clamp of the cosines raised to α: s^α has an infinite slope at 0
+
+
+def image_class_means(features: torch.Tensor, masks: torch.Tensor, num_classes: int):
+    """Masked average pooling per image and class: ``(means [P, D], class ids [P])``.
+
+    Stacks the images vertically and gives image b's class c the label b·K + c, so one
+    :func:`class_sums` call yields every (image, class) sum; absent pairs are dropped.
+    """
+    b, d, h, w = features.shape
+    stacked = features.transpose(0, 1).reshape(1, d, b * h, w)
+    offsets = torch.arange(b, device=masks.device).view(b, 1, 1) * num_classes
+    labels = (masks + offsets).reshape(1, b * h, w)
+    means, ids = present_rows(*class_sums(stacked, labels, b * num_classes))
+    return means, ids % num_classes
+
+
+class FedPLVM(PixelPrototypeAlgorithm):
+    name = "fedplvm"
+    options: ClassVar[dict[str, Any]] = {
+        "tau": 0.07,  # temperature of L_α
+        "alpha_sparsity": 0.25,  # α, the power of the clamped cosines in L_α
+        "lambda_plvm": 1.0,  # λ, weight of L_α + L_corr
+    }
+
+    def begin_local(self, model, ctx):
+        ctx.state["image_means"] = []
+
+    def record_prototypes(self, features, masks, ctx):
+        ctx.state["image_means"].append(image_class_means(features, masks, self.num_classes))
+
+    def end_local(self, model, ctx):
+        means, labels = zip(*ctx.state.pop("image_means"), strict=True)
+        local = cluster_class_rows(torch.cat(means), torch.cat(labels), self.num_classes)
+        return {"protos": local["protos"], "labels": local["labels"]}
+
+    def prototype_loss(self, features, masks, ctx):
+        payload = ctx.global_payload
+        if "protos" not in payload:
+            return 0.0
+        pixels, labels = pixel_rows(features, masks)
+        protos = payload["protos"].to(pixels.device)
+        sparse = cosine(pixels, protos).clamp(COS_EPS, 1.0) ** self.opt["alpha_sparsity"]
+        loss_alpha = prototype_infonce(sparse / self.opt["tau"], labels, payload["labels"])
+        keep = payload["mean_present"].to(labels.device)[labels]
+        to_mean = cosine(pixels, payload["mean"].to(pixels.device)).gather(1, labels[:, None])
+        loss_corr = 2 * mean_or_zero((1 - to_mean[keep, 0]) ** 2)
+        ctx.log("fedplvm/alpha", loss_alpha)
+        ctx.log("fedplvm/corr", loss_corr)
+        return self.opt["lambda_plvm"] * (loss_alpha + loss_corr)

@@ -1,0 +1,48 @@
+"""FedProx (Li et al. 2020): FedAvg plus a proximal term towards the round's global weights.
+
+Client loss::
+
+    L = (CE + soft Dice) / 2 + (μ/2)·Σ_w ‖w − w_global‖²
+
+over the trainable parameters, with ``w_global`` snapshotted in ``begin_local`` (a detached
+copy: no gradient flows into it). Payload: none (weights only, both ways). Server:
+size-weighted FedAvg.
+
+Options:
+    mu: weight of the proximal term (default 0.01).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..losses import segmentation_loss
+from .base import Algorithm, LocalContext
+
+ANCHOR_KEY = "fedprox/global_parameters"
+
+
+def proximal_term(parameters, anchors) -> torch.Tensor:
+    """``Σ ‖w − a‖²`` over matching parameter and anchor tensors (anchors detached)."""
+    return sum(((w - a) ** 2).sum() for w, a in zip(parameters, anchors, strict=True))
+
+
+class FedProx(Algorithm):
+    name = "fedprox"
+    options: ClassVar[dict[str, Any]] = {
+        "mu": 0.01,  # weight of the proximal term
+    }
+
+    def begin_local(self, model, ctx: LocalContext):
+        ctx.state[ANCHOR_KEY] = [p.detach().clone() for p in model.parameters()]
+
+    def training_loss(self, model, images, masks, ctx: LocalContext):
+        proximal = 0.5 * self.opt["mu"] * proximal_term(model.parameters(), ctx.state[ANCHOR_KEY])
+        ctx.log("fedprox/proximal", proximal)
+        return segmentation_loss(model(images), masks) + proximal
+
+    def end_local(self, model, ctx: LocalContext):
+        del ctx.state[ANCHOR_KEY]  # a model-sized copy per client: free it between rounds
+        return {}

@@ -1,0 +1,70 @@
+"""Crash-safe files: atomic writes, and the checkpoint a killed run resumes from.
+
+Every file that matters is written to a temporary file in the same folder, flushed,
+fsynced and renamed over the old one (then the folder is fsynced), so a crash at any
+point leaves either the old file or the new one, never half of one. Checkpoints are
+loaded with ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, before_rename=None) -> None:
+    """Write ``data`` to ``path`` atomically. ``before_rename`` is a test hook."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_model(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, str]):
+    """The global model as safetensors, atomically."""
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in weights.items()}, metadata))
+
+
+def save_checkpoint(path: str | Path, state: dict, before_rename=None) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue(), before_rename)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; clear errors for foreign files."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated, foreign or unsafe file
+        raise ValueError(f"{path} is not a readable fedbcs checkpoint: {error}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{path} has checkpoint format {found!r}; this fedbcs reads {CHECKPOINT_FORMAT}"
+        )
+    return state

@@ -1,0 +1,346 @@
+"""A real Flower deployment on this machine: ``fedbcs flower-local``.
+
+One ``flower-superlink`` and one ``flower-supernode`` per client run as separate
+processes on 127.0.0.1, in insecure mode (no TLS: the traffic never leaves loopback);
+then ``flwr run`` submits the app. Everything uses a private, temporary FLWR_HOME and
+free ports, with telemetry, the update check and runtime dependency installation off.
+
+Every process started here, and every process those start (SuperExec, ServerApp and
+ClientApp processes, which Flower puts in sessions of their own), is stopped by PID when
+the deployment ends, also on an error, Ctrl-C or SIGTERM. The run counts as successful
+only if the SuperLink reports it ``finished:completed`` and the ServerApp wrote a record
+for every round and the final model; ``flwr run`` itself exits 0 on failed runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..config import RunConfig
+from ..data import SYNTHETIC_SITES
+from .settings import to_run_config
+
+# Seconds between SuperExec polls for new tasks (Flower's default, 1 s, dominates short runs).
+TASK_POLL_INTERVAL = "0.2"
+STOP_GRACE_SECONDS = 5.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def project_root() -> Path:
+    """The folder holding the pyproject.toml with ``[tool.flwr.app]`` (what ``flwr run`` builds)."""
+    root = Path(__file__).resolve().parents[2]
+    if "[tool.flwr.app]" not in (root / "pyproject.toml").read_text(encoding="utf-8"):
+        raise RuntimeError(f"{root}/pyproject.toml has no [tool.flwr.app]: use a source checkout")
+    return root
+
+
+def _executable(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: is flwr installed in this environment?")
+    return found
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, state) of every process (``ps``, so Linux and macOS)."""
+    lines = subprocess.run(
+        ["ps", "-A", "-o", "pid=,ppid=,stat="], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    table = {}
+    for line in lines:
+        pid, ppid, state = line.split(None, 2)
+        table[int(pid)] = (int(ppid), state.strip())
+    return table
+
+
+def descendants(roots: list[int]) -> set[int]:
+    """``roots`` and every live process below them."""
+    children: dict[int, list[int]] = {}
+    table = _process_table()
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = set(), [p for p in roots if p in table]
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    state = _process_table().get(pid)
+    return state is not None and not state[1].startswith("Z")
+
+
+class LocalDeployment:
+    """SuperLink + SuperNodes on loopback; use as a context manager, then :meth:`run`.
+
+    Args:
+        clients: SuperNodes to start (partition ids 0 … clients-1).
+        node_config: extra node config of every SuperNode (e.g. ``{"data-root": ...}``).
+        log_dir: where each process's output goes (``superlink.log``, ``supernode-<i>.log``,
+            ``flwr-run.log``).
+    """
+
+    def __init__(self, clients: int, node_config: dict[str, Any], log_dir: Path):
+        self.clients = clients
+        self.node_config = node_config
+        self.log_dir = Path(log_dir)
+        self.home = Path(tempfile.mkdtemp(prefix="fedbcs-flwr-home-"))
+        self.port = free_port()
+        self.processes: list[subprocess.Popen] = []
+        self.pids: set[int] = set()  # every PID seen in the deployment's process trees
+        self.env = os.environ | {
+            "FLWR_HOME": str(self.home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL,
+            # SuperLink and SuperNodes start flower-superexec by name.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    # ---- processes ---------------------------------------------------------------------
+
+    def _start(self, args: list[str], log_name: str) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / log_name, "wb") as log:
+            process = subprocess.Popen(
+                args,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children
+            )
+        self.processes.append(process)
+        self.pids.add(process.pid)
+        return process
+
+    def _wait_for_port(self, process: subprocess.Popen, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the SuperLink exited early; see {self.log_dir}/superlink.log")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the SuperLink did not listen on port {self.port} in {timeout:.0f} s")
+
+    def start(self) -> None:
+        """Start the SuperLink, wait until it listens, then start the SuperNodes."""
+        (self.home / "config.toml").write_text(
+            tomli_w.dumps(
+                {
+                    "superlink": {
+                        "default": "local",
+                        "local": {"address": f"127.0.0.1:{self.port}", "insecure": True},
+                    }
+                }
+            )
+        )
+        link = self._start(
+            [
+                _executable("flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+            "superlink.log",
+        )
+        self._wait_for_port(link)
+        for partition_id in range(self.clients):
+            config = {"partition-id": partition_id, "num-partitions": self.clients}
+            config |= self.node_config
+            self._start(
+                [
+                    _executable("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    " ".join(f"{k}={json.dumps(v)}" for k, v in config.items()),
+                ],
+                f"supernode-{partition_id}.log",
+            )
+
+    def stop(self) -> None:
+        """SIGTERM every process of the deployment by PID, SIGKILL what is left after a grace
+        period, and remove the private FLWR_HOME."""
+        tree = descendants([p.pid for p in self.processes])
+        self.pids |= tree
+        for pid in tree:
+            with suppress(ProcessLookupError):  # exited meanwhile
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline and any(alive(pid) for pid in tree):
+            self._reap()
+            time.sleep(0.1)
+        for pid in tree:
+            if alive(pid):
+                with suppress(ProcessLookupError):  # exited meanwhile
+                    os.kill(pid, signal.SIGKILL)
+        for process in self.processes:
+            process.wait()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def _reap(self) -> None:
+        for process in self.processes:
+            process.poll()
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- the run -------------------------------------------------------------------------
+
+    def _flwr(self, *args: str, timeout: float = 120.0) -> str:
+        result = subprocess.run(
+            [_executable("flwr"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed: {result.stdout}{result.stderr}")
+        return result.stdout
+
+    def run_status(self, run_id: int) -> str:
+        """The SuperLink's status of a run, e.g. ``finished:completed``."""
+        listing = json.loads(self._flwr("ls", "local", "--run-id", str(run_id), "--format", "json"))
+        return str(listing["runs"][0]["status"])
+
+    def run(self, run_config: dict[str, Any], timeout: float) -> tuple[int, str]:
+        """Submit the app with ``run_config``, follow its log until it ends; ``(run id,
+        final status)``. Raises TimeoutError after ``timeout`` seconds."""
+        config_file = self.home / "run-config.toml"
+        config_file.write_text(tomli_w.dumps(run_config))
+        process = self._start(
+            [
+                _executable("flwr"),
+                "run",
+                str(project_root()),
+                "local",
+                "--run-config",
+                str(config_file),
+                "--stream",
+            ],
+            "flwr-run.log",
+        )
+        deadline = time.monotonic() + timeout
+        run_id = None
+        while run_id is None or not self.run_status(run_id).startswith("finished"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the run did not finish in {timeout:.0f} s")
+            if run_id is None:
+                match = re.search(r"started run (\d+)", (self.log_dir / "flwr-run.log").read_text())
+                if match:
+                    run_id = int(match.group(1))
+                elif process.poll() is not None:
+                    raise RuntimeError(f"flwr run failed; see {self.log_dir}/flwr-run.log")
+            self.pids |= descendants([p.pid for p in self.processes])
+            time.sleep(1.0)
+        return run_id, self.run_status(run_id)
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while inside, so cleanup code runs."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_local(
+    config: RunConfig,
+    clients: int,
+    out: Path,
+    fail_partition: int = -1,
+    timeout: float = 3600.0,
+) -> dict[str, Any]:
+    """Run ``config`` on a local deployment of ``clients`` SuperNodes; results in ``out``.
+
+    Synthetic sets without ``sites`` train on their first ``clients`` sites. Returns the
+    report also written to ``out/flower-local.json``: ``ok``, ``run_id``, ``status``,
+    ``rounds_completed`` and ``pids`` (every process the deployment ran, all stopped).
+    """
+    out = Path(out).resolve()
+    if (out / "metrics.jsonl").exists():
+        raise ValueError(f"{out} already holds a run; choose another --out or delete it")
+    names = config.sites or SYNTHETIC_SITES.get(config.dataset)
+    if names is not None:
+        if len(names) < clients:
+            raise ValueError(f"{clients} clients but only {len(names)} sites: {names}")
+        config = dataclasses.replace(config, sites=list(names[:clients]))
+    run_config = to_run_config(
+        config, out_dir=str(out), min_nodes=clients, fail_partition=fail_partition
+    )
+    node_config = {
+        key: value
+        for key, value in (("data-root", config.data_root), ("split-file", config.split_file))
+        if value
+    }
+    deployment = LocalDeployment(clients, node_config, out / "logs")
+    report: dict[str, Any] = {"ok": False, "run_id": None, "status": "not started"}
+    try:
+        with stop_on_sigterm():
+            try:
+                deployment.start()
+                report["run_id"], report["status"] = deployment.run(run_config, timeout)
+            finally:
+                deployment.stop()
+    finally:
+        metrics = out / "metrics.jsonl"
+        rounds = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        report["rounds_completed"] = rounds
+        report["ok"] = (
+            report["status"] == "finished:completed"
+            and rounds == config.rounds
+            and (out / "model.safetensors").exists()
+        )
+        report["pids"] = sorted(deployment.pids)
+        report["logs"] = str(out / "logs")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "flower-local.json").write_text(json.dumps(report, indent=2))
+    return report

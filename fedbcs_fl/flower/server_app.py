@@ -1,0 +1,115 @@
+"""The Flower ServerApp: the run's rounds, and the results the simulator writes.
+
+The ServerApp builds the initial model exactly as the simulator does (seeded from the
+run's seed), runs :class:`~fedbcs_fl.flower.strategy.AlgorithmStrategy` for the
+configured rounds and writes, into ``out-dir`` on the SuperLink's machine:
+``config.json``, ``metrics.jsonl`` (one line per round, the simulator's keys plus
+``failures``), ``summary.md``, ``dice.png`` and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+from safetensors.torch import save_file
+
+from ..algorithms import build_algorithm
+from ..client import model_weights
+from ..config import RunConfig
+from ..results import dice_table, final_dice, plot_dice
+from ..simulation import append_jsonl
+from .settings import engine_setting, from_run_config
+from .strategy import AlgorithmStrategy
+
+app = ServerApp()
+
+
+def output_dir(config: RunConfig, run_config: Mapping[str, Any]) -> Path:
+    """The run's results folder: ``out-dir``, or ``runs/flower-<method>-<dataset>-seed<n>``."""
+    out = str(engine_setting(run_config, "out-dir"))
+    if out:
+        return Path(out).expanduser()
+    return Path("runs") / f"flower-{config.method}-{config.dataset}-seed{config.seed}"
+
+
+def sampling(config: RunConfig, min_nodes: int) -> dict[str, Any]:
+    """FedAvg's sampling settings: ``clients_per_round`` of ``min_nodes`` train each round
+    (all by default), every node evaluates, and round 1 waits for ``min_nodes``."""
+    per_round = config.clients_per_round or min_nodes
+    if not 1 <= per_round <= min_nodes:
+        raise ValueError(f"clients-per-round must be in [1, min-nodes={min_nodes}]")
+    return {
+        "fraction_train": per_round / min_nodes,
+        "min_train_nodes": per_round,
+        "fraction_evaluate": 1.0,
+        "min_evaluate_nodes": min_nodes,
+        "min_available_nodes": min_nodes,
+    }
+
+
+def write_summary(out: Path, config: RunConfig, records: list[dict]) -> None:
+    """``summary.md`` and ``dice.png`` of a finished run, as ``fedbcs train`` writes them."""
+    table = dice_table([(config.method, final_dice(records))])
+    (out / "summary.md").write_text(
+        f"# {config.method} on {config.dataset} (Flower)\n\n{config.rounds} rounds, seed "
+        f"{config.seed}. Foreground Dice (%) of the global model on each site's test split, "
+        f"evaluated by each site's SuperNode.\n\n{table}"
+    )
+    plot_dice(records, out / "dice.png", title=f"{config.method} on {config.dataset} (Flower)")
+
+
+def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
+    """Run every round on ``grid`` and write the results; returns the round records."""
+    config = from_run_config(run_config)
+    out = output_dir(config, run_config)
+    if (out / "metrics.jsonl").exists():
+        raise ValueError(f"{out} already holds a run; choose another out-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.to_json())
+
+    torch.manual_seed(config.seed)  # the simulator's model initialisation
+    in_channels = int(engine_setting(run_config, "in-channels"))
+    algorithm = build_algorithm(config, in_channels, num_classes=2)
+    initial = model_weights(algorithm.build_model())
+
+    records: list[dict] = []
+
+    def on_round(record: dict) -> None:
+        records.append(record)
+        append_jsonl(out / "metrics.jsonl", record)
+        if "mean_dice" in record:
+            log(INFO, "round %d: mean Dice %.4f", record["round"], record["mean_dice"])
+
+    strategy = AlgorithmStrategy(
+        algorithm,
+        config,
+        on_round,
+        **sampling(config, int(engine_setting(run_config, "min-nodes"))),
+    )
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(torch_state_dict=initial),
+        num_rounds=config.rounds,
+        timeout=float(engine_setting(run_config, "round-timeout")),
+    )
+    save_file(
+        dict(result.arrays.to_torch_state_dict()),
+        str(out / "model.safetensors"),
+        metadata={"method": config.method, "version": str(config.version)},
+    )
+    write_summary(out, config, records)
+    log(INFO, "results in %s", out.resolve())
+    return records
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """The ServerApp entry point."""
+    run_server(grid, context.run_config)

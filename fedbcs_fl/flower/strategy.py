@@ -1,0 +1,174 @@
+"""The Flower strategy that runs any fedbcs :class:`~fedbcs_fl.algorithms.Algorithm`.
+
+It keeps Flower's FedAvg round loop, sampling and logging, and hands the server side to
+the algorithm: ``aggregate_train`` decodes each reply into a :class:`ClientUpdate` (its
+weights, and its payload as a second ArrayRecord, which stock FedAvg would reject) and
+calls ``algorithm.aggregate``; the next global payload travels beside the weights in
+every train instruction. Replies are ordered by partition id before aggregation, so a run
+is deterministic whatever order the replies arrive in, and matches the simulator, which
+trains its clients in site order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from ..algorithms.base import Algorithm
+from ..config import RunConfig
+from ..results import evaluation_fields, is_evaluation_round
+from ..screening import ScreeningPolicy, screen_updates
+from ..simulation import tensor_bytes
+from .records import (
+    METRICS_KEY,
+    PARTITION_ID,
+    PAYLOAD_KEY,
+    SITE_KEY,
+    read_train_reply,
+    to_record,
+)
+
+
+class AlgorithmStrategy(FedAvg):
+    """FedAvg's round loop with the algorithm's server side.
+
+    Args:
+        algorithm: the method's :class:`Algorithm` (its ``aggregate`` is the server side).
+        config: the resolved run configuration (``eval_every``, ``rounds``).
+        on_round: called with each round's record once the round's evaluation is in:
+            the simulator's keys (``round``, ``clients``, ``aggregated``, ``faults``,
+            ``client_metrics``, ``prototypes_uploaded``, ``bytes_up``, ``bytes_down``,
+            ``dice``/``hd95``/``assd`` and their ``mean_*``, ``seconds``) plus
+            ``evaluation_faults``. A failed node is named by its site once it has replied
+            before, else as ``node <id>``.
+        **fedavg: FedAvg's sampling settings (``fraction_train=1.0``,
+            ``min_train_nodes=2``, ``min_evaluate_nodes=2``, ``min_available_nodes=2``).
+
+    Raises (from ``aggregate_train``):
+        RuntimeError: every sampled client of a round failed; the run then fails.
+    """
+
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        config: RunConfig,
+        on_round: Callable[[dict], None],
+        **fedavg,
+    ):
+        super().__init__(**fedavg)
+        self.algorithm = algorithm
+        self.config = config
+        self.on_round = on_round
+        self.global_weights: dict[str, torch.Tensor] = {}
+        self.global_payload: dict[str, torch.Tensor] = {}
+        self.site_of_node: dict[int, str] = {}
+        self.record: dict = {}
+        self.round_start = 0.0
+        self.policy = ScreeningPolicy(
+            max_examples=config.screen_max_examples, norm_factor=config.screen_norm_factor
+        )
+
+    def _faults(self, replies: list[Message]) -> dict[str, str]:
+        return {
+            self.site_of_node.get(m.metadata.src_node_id, f"node {m.metadata.src_node_id}"): (
+                m.error.reason
+            )
+            for m in replies
+            if m.has_error()
+        }
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's instructions, with the global payload as a second ArrayRecord."""
+        self.round_start = time.perf_counter()
+        self.global_weights = dict(arrays.to_torch_state_dict())
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        payload = to_record(self.global_payload)
+        for message in messages:
+            message.content[PAYLOAD_KEY] = payload
+        self.record = {
+            "round": server_round,
+            "bytes_down": tensor_bytes(self.global_weights) + tensor_bytes(self.global_payload),
+        }
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The algorithm's aggregation of the valid replies, in partition order."""
+        replies = list(replies)
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        decoded = sorted(
+            ((*read_train_reply(m.content), m.metadata.src_node_id) for m in valid),
+            key=lambda reply: reply[2],
+        )
+        self.site_of_node |= {node: name for _, name, _, node in decoded}
+        faults = self._faults(replies)
+        names = [name for _, name, _, _ in decoded]
+        updates = [update for update, _, _, _ in decoded]
+        pairs = list(zip(names, updates, strict=True))
+        accepted, rejected = screen_updates(
+            self.algorithm, pairs, self.global_weights, self.global_payload, self.policy
+        )
+        self.record |= {
+            "clients": sorted([*names, *faults]),
+            "aggregated": [name for name, _ in accepted],
+            "faults": faults,
+            "rejected": rejected,
+            "client_metrics": {name: u.metrics for name, u in pairs},
+            "prototypes_uploaded": {
+                name: self.algorithm.count_prototypes(u.payload) for name, u in pairs
+            },
+            "bytes_up": {
+                name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in pairs
+            },
+        }
+        if not accepted:  # nothing usable: the global model stays as it was
+            return to_record(self.global_weights), None
+        weights, self.global_payload = self.algorithm.aggregate(
+            [u for _, u in accepted], self.global_weights, self.global_payload
+        )
+        kept = [
+            m.content
+            for m in valid
+            if self.site_of_node.get(m.metadata.src_node_id) in {name for name, _ in accepted}
+        ]
+        return to_record(weights), self.train_metrics_aggr_fn(kept, self.weighted_by_key)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's instructions on evaluation rounds (as the simulator's), none otherwise."""
+        if not is_evaluation_round(self.config, server_round):
+            return []
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Per-site metrics into the round's record; the record goes to ``on_round``."""
+        replies = list(replies)
+        valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
+        per_site = sorted(
+            (
+                int(m.content.config_records[SITE_KEY][PARTITION_ID]),
+                str(m.content.config_records[SITE_KEY]["name"]),
+                dict(m.content.metric_records[METRICS_KEY]),
+            )
+            for m in valid
+        )
+        if per_site:
+            self.record |= evaluation_fields({name: m for _, name, m in per_site})
+        if replies:
+            self.record["evaluation_faults"] = self._faults(replies)
+        self.record["seconds"] = time.perf_counter() - self.round_start
+        self.on_round(self.record)
+        if not valid:
+            return None
+        return self.evaluate_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)

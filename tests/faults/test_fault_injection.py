@@ -1,0 +1,131 @@
+"""Each fault: the round completes, the global model is finite and equals the aggregate of
+the honest clients, and the fault is in the metrics."""
+
+import pytest
+import torch
+
+from fedbcs_fl.config import RunConfig
+from fedbcs_fl.data import make_synthetic
+from fedbcs_fl.faults import parse_faults
+from fedbcs_fl.simulation import Simulation
+
+FAULTY = "site-B"
+
+
+@pytest.fixture(scope="module")
+def sites():
+    return make_synthetic("synthetic-nuclei", n_train=6, n_test=3, image_size=32)
+
+
+def _config(method="fedavg", **kwargs):
+    options = {"proto_dim": 8} if method == "fedbcs" else {}
+    return RunConfig(
+        method=method,
+        rounds=2,
+        init_features=8,
+        image_size=32,
+        n_train=6,
+        n_test=3,
+        method_options=options,
+        **kwargs,
+    )
+
+
+def _two_rounds(config, sites):
+    sim = Simulation(config, sites, progress=False)
+    sim.run_round(1)
+    record = sim.run_round(2)
+    return sim, record
+
+
+@pytest.fixture(scope="module")
+def honest_round2(sites):
+    """Round-2 replies of a fault-free run, per method: what honest clients send."""
+    replies = {}
+    for method in ("fedavg", "fedbcs"):
+        sim, _ = _two_rounds(_config(method), sites)
+        replies[method] = sim.last_replies
+    return replies
+
+
+def _expected(sim, honest):
+    kept = [u for name, u in honest if name != FAULTY]
+    return sim.algorithm.aggregate(kept, {}, {})
+
+
+def _assert_equal(actual: dict, expected: dict):
+    assert set(actual) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(actual[key], value), key
+
+
+@pytest.mark.parametrize(
+    "kind, where",
+    [
+        ("raise", "faults"),
+        ("dropout", "faults"),
+        ("nan", "rejected"),
+        ("inf", "rejected"),
+        ("missing_key", "rejected"),
+        ("extra_key", "rejected"),
+        ("wrong_shape", "rejected"),
+        ("wrong_dtype", "rejected"),
+        ("zero_examples", "rejected"),
+        ("huge_examples", "rejected"),
+        ("scaled", "rejected"),
+    ],
+)
+def test_weight_faults(sites, honest_round2, kind, where):
+    sim, record = _two_rounds(_config(inject_faults=f"{FAULTY}:{kind}@2"), sites)
+    assert FAULTY in record[where], record
+    assert FAULTY not in record["aggregated"] and len(record["aggregated"]) == 3
+    assert all(torch.isfinite(v).all() for v in sim.global_weights.values())
+    weights, _ = _expected(sim, honest_round2["fedavg"])
+    _assert_equal(sim.global_weights, weights)
+    assert "mean_dice" in record
+
+
+@pytest.mark.parametrize("kind", ["proto_nan", "bad_proto_dim"])
+def test_prototype_faults(sites, honest_round2, kind):
+    sim, record = _two_rounds(_config("fedbcs", inject_faults=f"{FAULTY}:{kind}@2"), sites)
+    assert FAULTY in record["rejected"]
+    weights, payload = _expected(sim, honest_round2["fedbcs"])
+    _assert_equal(sim.global_weights, weights)
+    _assert_equal(sim.global_payload, payload)
+
+
+def test_timeout(sites, honest_round2):
+    config = _config(inject_faults=f"{FAULTY}:timeout@2", client_timeout=1.5)
+    sim, record = _two_rounds(config, sites)
+    assert "timed out" in record["faults"][FAULTY]
+    weights, _ = _expected(sim, honest_round2["fedavg"])
+    _assert_equal(sim.global_weights, weights)
+
+
+def test_no_reply_accepted_keeps_the_global_model(sites):
+    faults = ",".join(f"{s.name}:raise@2" for s in sites)
+    kept = {}
+    sim = Simulation(
+        _config(inject_faults=faults),
+        sites,
+        progress=False,
+        on_round=lambda r: kept.setdefault(r["round"], dict(sim.global_weights)),
+    )
+    record = sim.run()[-1]
+    assert record["aggregated"] == [] and len(record["faults"]) == 4
+    _assert_equal(kept[2], kept[1])
+    assert all(torch.isfinite(v).all() for v in kept[2].values())
+    assert "round 2: site-A fault: raised RuntimeError" in sim.fault_summary()
+
+
+def test_norm_check_is_off_for_two_clients(sites):
+    sim = Simulation(_config(inject_faults=f"{FAULTY}:scaled@1"), sites[:2], progress=False)
+    record = sim.run_round(1)
+    assert record["rejected"] == {} and FAULTY in record["aggregated"]
+
+
+def test_bad_fault_spec():
+    with pytest.raises(ValueError, match="unknown fault kind 'explode'"):
+        parse_faults("site-A:explode@1")
+    with pytest.raises(ValueError, match="CLIENT:KIND@ROUND"):
+        parse_faults("site-A-nan")

@@ -1,0 +1,110 @@
+"""FedPLVM: per-image class means, dual-level clustering, and the α-sparsity loss."""
+
+import pytest
+import torch
+
+from fedbcs_fl.algorithms.base import ClientUpdate
+from fedbcs_fl.algorithms.fedplvm import image_class_means
+
+from ._tiny import algorithm, context, logged, run_two_rounds
+
+
+def test_image_class_means_equal_a_loop():
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(3, 4, 5, 6, generator=gen)
+    masks = (torch.rand(3, 5, 6, generator=gen) > 0.5).long()
+    masks[1] = 0  # image 1 has no class-1 pixel
+    means, labels = image_class_means(features, masks, 2)
+    expected = [
+        (features[b].permute(1, 2, 0)[masks[b] == c].mean(0), c)
+        for b in range(3)
+        for c in range(2)
+        if (masks[b] == c).any()
+    ]
+    assert labels.tolist() == [c for _, c in expected]
+    torch.testing.assert_close(means, torch.stack([m for m, _ in expected]))
+
+
+def test_local_clusters_of_per_image_class_means():
+    method = algorithm("fedplvm")
+    ctx = context()
+    method.begin_local(None, ctx)
+    # Five 1×2 images, D = 2: pixel 0 background [1, 1], pixel 1 foreground, whose
+    # directions form two groups; image 4 has no foreground.
+    foreground = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0], [1.0, 1.0]])
+    features = torch.stack([torch.stack([torch.ones(2), f], dim=1) for f in foreground])
+    masks = torch.tensor([[[0, 1]]] * 4 + [[[0, 0]]])
+    method.record_prototypes(features[:3, :, None], masks[:3], ctx)
+    method.record_prototypes(features[3:, :, None], masks[3:], ctx)
+    payload = method.end_local(None, ctx)
+    assert payload["labels"].tolist() == [0, 1, 1]
+    expected = torch.stack([torch.ones(2), foreground[:2].mean(0), foreground[2:4].mean(0)])
+    torch.testing.assert_close(payload["protos"], expected)
+    assert method.count_prototypes(payload) == 3 and "image_means" not in ctx.state
+
+
+def _naive(features, masks, payload, tau, alpha):
+    """L_α and L_corr per pixel in float64, with the cosines clamped to [1e-6, 1]."""
+    f = features.double().permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    y = masks.reshape(-1)
+    keep = payload["mean_present"][y]
+    f, y = f[keep], y[keep]
+    p = payload["protos"].double()
+    cos = ((f @ p.T) / f.norm(dim=1, keepdim=True) / p.norm(dim=1)).clamp(1e-6, 1)
+    e = (cos**alpha / tau).exp()
+    positive = payload["labels"][None, :] == y[:, None]
+    loss_alpha = -torch.log((e * positive).sum(1) / e.sum(1)).mean()
+    g = payload["mean"].double()[y]
+    to_mean = (f * g).sum(1) / f.norm(dim=1) / g.norm(dim=1)
+    return loss_alpha, 2 * ((1 - to_mean) ** 2).mean()
+
+
+@pytest.mark.parametrize("one_class", [False, True])
+def test_loss_matches_naive_formula_at_tiny_tau(one_class):
+    tau, alpha = 0.005, 0.25
+    gen = torch.Generator().manual_seed(2)
+    features = torch.randn(2, 4, 3, 3, generator=gen)
+    masks = (torch.rand(2, 3, 3, generator=gen) > 0.5).long()
+    payload = {
+        "protos": torch.randn(4, 4, generator=gen),  # some cosines are negative: clamped
+        "labels": torch.tensor([0, 0, 1, 1]),
+        "mean": torch.randn(2, 4, generator=gen),
+        "mean_present": torch.tensor([True, True]),
+    }
+    if one_class:  # no client sent class 1
+        payload["protos"], payload["labels"] = payload["protos"][:2], payload["labels"][:2]
+        payload["mean_present"] = torch.tensor([True, False])
+    method = algorithm("fedplvm", tau=tau, lambda_plvm=3.0)
+    ctx = context(payload)
+    loss = method.prototype_loss(features, masks, ctx)
+    loss_alpha, loss_corr = _naive(features, masks, payload, tau, alpha)
+    assert ctx.logs["fedplvm/alpha"] == pytest.approx(loss_alpha.item(), rel=1e-4, abs=1e-6)
+    assert ctx.logs["fedplvm/corr"] == pytest.approx(loss_corr.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(3 * (loss_alpha + loss_corr).item(), rel=1e-4)
+
+
+def test_server_clusters_again_with_an_absent_class_and_one_client():
+    method = algorithm("fedplvm")
+    a = ClientUpdate(
+        {},
+        1,
+        {
+            "protos": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0]]),
+            "labels": torch.tensor([0, 1, 1]),
+        },
+    )
+    b = ClientUpdate({}, 1, {"protos": torch.tensor([[3.0, 0.0]]), "labels": torch.tensor([0])})
+    down = method.aggregate_payload([a, b], {})
+    torch.testing.assert_close(down["protos"], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+    assert down["labels"].tolist() == [0, 1] and down["mean_present"].all()
+    down = method.aggregate_payload([b], {})
+    assert down["labels"].tolist() == [0] and down["mean_present"].tolist() == [True, False]
+
+
+def test_two_rounds_end_to_end():
+    history, simulation = run_two_rounds("fedplvm")
+    assert all(n >= 2 for r in history for n in r["prototypes_uploaded"].values())
+    for key in ("fedplvm/alpha", "fedplvm/corr"):
+        assert logged(history[0], key) == [] and len(logged(history[1], key)) == 2
+    down = simulation.global_payload
+    assert sorted(set(down["labels"].tolist())) == [0, 1] and down["mean"].shape == (2, 8)

@@ -1,0 +1,170 @@
+"""The Flower engine: records, run config, and real local deployments on loopback.
+
+Two deployments (``fedbcs flower-local``) are shared by the slow checks: a clean
+two-round run (rounds, prototypes, processes, equality with the simulator) and a run
+where one SuperNode's ClientApp raises (fault reporting).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
+
+from fedbcs_fl.algorithms import build_algorithm
+from fedbcs_fl.config import RunConfig
+from fedbcs_fl.data import load_sites
+from fedbcs_fl.flower.local import alive
+from fedbcs_fl.flower.records import restore, store
+from fedbcs_fl.flower.settings import (
+    ENGINE_DEFAULTS,
+    FLAT_FIELDS,
+    JSON_KEYS,
+    from_run_config,
+    to_run_config,
+)
+from fedbcs_fl.flower.strategy import AlgorithmStrategy
+from fedbcs_fl.simulation import Simulation
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--dataset", "synthetic-nuclei", "--image-size", "32", "--init-features", "8",
+    "--n-train", "6", "--n-test", "2", "--proto-dim", "8", "--seed", "0",
+]  # fmt: skip
+
+
+def flower_local(out: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *TINY, "--out", str(out)]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=600, cwd=ROOT, check=False
+    )
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---- fast checks ---------------------------------------------------------------------------
+
+
+def test_state_round_trip_keeps_tensors_generators_and_structure():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    generator = torch.Generator().manual_seed(7)
+    torch.randn(3, generator=generator)
+    value = {"opt": optimizer.state_dict(), "gen": generator, "x": [1, (2.5, None)], 3: "s"}
+    state = RecordDict()
+    store(state, "k", value)
+    back = restore(state, "k")
+    assert back["x"] == [1, (2.5, None)] and back[3] == "s"
+    assert torch.equal(torch.randn(3, generator=back["gen"]), torch.randn(3, generator=generator))
+    restored = torch.optim.Adam(model.parameters())
+    restored.load_state_dict(back["opt"])
+    for key, moments in optimizer.state_dict()["state"].items():
+        for name, tensor in moments.items():
+            assert torch.equal(restored.state_dict()["state"][key][name], tensor)
+    assert restore(state, "missing") is None
+    with pytest.raises(TypeError, match=r"k\['m'\]: a Linear"):
+        store(state, "k", {"m": model})
+
+
+def test_run_config_round_trip_and_pyproject_defaults():
+    config = RunConfig(
+        method="fedbcs", image_size=32, sites=["site-A"], method_options={"proto_dim": 8}
+    ).resolved()
+    assert from_run_config(to_run_config(config, out_dir="/x")) == config
+    defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    keys = {f.replace("_", "-") for f in FLAT_FIELDS} | set(ENGINE_DEFAULTS) | set(JSON_KEYS)
+    assert set(defaults["config"]) == keys
+    assert from_run_config(defaults["config"]) == RunConfig().resolved()
+    with pytest.raises(ValueError, match="holds 'prostate' data"):
+        from_run_config(defaults["config"], {"dataset": "prostate"})
+
+
+def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    config = RunConfig(image_size=32, init_features=8, method_options={"proto_dim": 8})
+    config = config.resolved()
+    strategy = AlgorithmStrategy(build_algorithm(config, 3, 2), config, on_round=print)
+    content = RecordDict({"config": ConfigRecord()})
+    instruction = Message(content, dst_node_id=9, message_type="train")
+    failed = Message(Error(code=0, reason="boom"), reply_to=instruction)
+    strategy.global_weights = {"w": torch.ones(3)}
+    arrays, metrics = strategy.aggregate_train(1, [failed])
+    assert torch.equal(arrays.to_torch_state_dict()["w"], torch.ones(3)) and metrics is None
+    assert strategy.record["aggregated"] == [] and "boom" in str(strategy.record["faults"])
+
+
+# ---- real deployments ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flower") / "run"
+    result = flower_local(out, "--clients", "2", "--rounds", "2", "--eval-every", "2")
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flower") / "faulty"
+    result = flower_local(out, "--clients", "2", "--rounds", "1", "--fail-partition", "1")
+    return out, result
+
+
+@pytest.mark.slow
+def test_two_rounds_complete_and_prototypes_reach_the_clients(clean_run):
+    out, result = clean_run
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads((out / "flower-local.json").read_text())
+    assert report["ok"] and report["status"] == "finished:completed"
+    first, second = records(out)
+    assert [first["round"], second["round"]] == [1, 2]
+    for record in (first, second):
+        assert record["aggregated"] == ["site-A", "site-B"] and record["faults"] == {}
+        assert all(n > 0 for n in record["prototypes_uploaded"].values())
+    assert all(m["received-prototypes"] == 0 for m in first["client_metrics"].values())
+    assert all(m["received-prototypes"] > 0 for m in second["client_metrics"].values())
+    assert set(second["dice"]) == {"site-A", "site-B"}
+    for name in ("config.json", "summary.md", "model.safetensors"):
+        assert (out / name).exists()
+    assert len(report["pids"]) >= 2 + 3  # SuperLink, SuperNodes, flwr run, and children
+    assert not [pid for pid in report["pids"] if alive(pid)]
+
+
+@pytest.mark.slow
+def test_flower_and_the_simulator_give_the_same_global_model(clean_run):
+    out, result = clean_run
+    assert result.returncode == 0, result.stderr + result.stdout
+    config = RunConfig.load(out / "config.json")
+    simulation = Simulation(config, load_sites(config), out_dir=None, progress=False)
+    simulation.run()
+    flower = load_file(str(out / "model.safetensors"))
+    assert flower.keys() == simulation.global_weights.keys()
+    for key, tensor in simulation.global_weights.items():
+        torch.testing.assert_close(flower[key], tensor, rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_a_client_that_raises_is_reported_and_the_round_completes(faulty_run):
+    out, result = faulty_run
+    assert result.returncode == 0, result.stderr + result.stdout
+    (record,) = records(out)
+    assert record["aggregated"] == ["site-A"]
+    ((name, reason),) = record["faults"].items()
+    assert name.startswith("node ") and "InjectedFault" in reason
+    assert (out / "model.safetensors").exists()
+    report = json.loads((out / "flower-local.json").read_text())
+    assert not [pid for pid in report["pids"] if alive(pid)]
