@@ -97,19 +97,67 @@ class StreamEmbedding:
                 f"got {tuple(protos.shape)}"
             )
 
-    def dot(self, protos: torch.Tensor) -> torch.Tensor:
-        """Per-pixel dot products with prototypes ``[M, D]``: ``[B, M, Ht, Wt]``."""
+    def _pixel_index(self, pixels: torch.Tensor):
+        """(batch, row, col) of the True entries of a ``[B, Ht, Wt]`` bool mask."""
+        check_tensor("pixels", pixels, ndim=3)
+        if pixels.dtype != torch.bool or tuple(pixels.shape[1:]) != self.target_size:
+            raise ValueError(
+                f"pixels must be a bool mask of shape [B, {self.target_size[0]}, "
+                f"{self.target_size[1]}], got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        return pixels.nonzero(as_tuple=True)
+
+    def _at(self, x: torch.Tensor, index) -> torch.Tensor:
+        """``x [B, C, h, w]`` (or ``[B, h, w]``) at the target pixels ``index``, nearest:
+        ``[A, C]`` (or ``[A]``). Equal to resampling x to the target, then selecting.
+
+        An ``index_select`` on the pixel-major view: its backward is an ``index_add``,
+        far faster on CPU than the accumulating ``index_put`` of advanced indexing when
+        many target pixels share one coarse pixel.
+        """
+        batch, row, col = index
+        h, w = x.shape[-2:]
+        rows = row * h // self.target_size[0]
+        cols = col * w // self.target_size[1]
+        flat = (batch * h + rows) * w + cols
+        if x.ndim == 3:
+            return x.reshape(-1).index_select(0, flat)
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).index_select(0, flat)
+
+    def _level_at(self, e: torch.Tensor, weight: torch.Tensor, index, count: int):
+        """``weight [M, C]`` applied to ``e`` at the target pixels: ``[A, M]``.
+
+        Applied at e's own resolution and then gathered when e has fewer pixels than
+        there are target pixels; gathered first otherwise. Same result, less work.
+        """
+        if e.shape[0] * e.shape[-2] * e.shape[-1] < count:
+            return self._at(_conv1x1(e, weight), index)
+        return self._at(e, index) @ weight.T
+
+    def dot(self, protos: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Dot products with prototypes ``[M, D]``: ``[B, M, Ht, Wt]``, or ``[A, M]`` at the
+        ``A`` True pixels of the bool mask ``pixels [B, Ht, Wt]`` (row-major order)."""
         self._check_protos(protos)
-        total = 0
         chunks = protos.split(self.proto_dim, dim=1)
+        total = 0
+        if pixels is not None:
+            index = self._pixel_index(pixels)
+            count = index[0].numel()
+            for (e, e_partner, a, b, bias), q in zip(self._parts(), chunks, strict=True):
+                total = total + self._level_at(e, q @ a, index, count) + q @ bias
+                total = total + self._at(_conv1x1(e_partner, q @ b), index)
+            return total
         for (e, e_partner, a, b, bias), q in zip(self._parts(), chunks, strict=True):
             part = _conv1x1(e, q @ a) + (q @ bias)[None, :, None, None]
             part = part + _resize(_conv1x1(e_partner, q @ b), e.shape[-2:])
             total = total + _resize(part, self.target_size)
         return total
 
-    def sq_norm(self) -> torch.Tensor:
-        """Per-pixel squared norm ``‖e‖²``: ``[B, Ht, Wt]``."""
+    def sq_norm(self, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared norm ``‖e‖²``: ``[B, Ht, Wt]``, or ``[A]`` at the True pixels of
+        ``pixels`` (see :meth:`dot`)."""
+        if pixels is not None:
+            return self._sq_norm_at(self._pixel_index(pixels))
         total = 0
         for e, e_partner, a, b, bias in self._parts():
             linear = _conv1x1(e, a.T @ a) + 2 * (a.T @ bias)[None, :, None, None]
@@ -120,36 +168,75 @@ class StreamEmbedding:
             total = total + _resize(part + bias @ bias, self.target_size)
         return total[:, 0].clamp_min(0)
 
+    def _sq_norm_at(self, index) -> torch.Tensor:
+        """The terms of :meth:`sq_norm` at target pixels only: the partner's own terms at
+        its (coarse) resolution; the level's terms at its resolution when it has fewer
+        pixels than there are target pixels, at the gathered pixels otherwise."""
+        count = index[0].numel()
+        total = 0
+        for e, e_partner, a, b, bias in self._parts():
+            deep = _conv1x1(e_partner, b.T @ b) + 2 * (b.T @ bias)[None, :, None, None]
+            total = total + self._at((e_partner * deep).sum(1), index) + bias @ bias
+            cross = _conv1x1(e_partner, a.T @ b)
+            if e.shape[0] * e.shape[-2] * e.shape[-1] < count:
+                linear = _conv1x1(e, a.T @ a) + 2 * (a.T @ bias)[None, :, None, None]
+                linear = linear + 2 * _resize(cross, e.shape[-2:])
+                total = total + self._at((e * linear).sum(1), index)
+            else:
+                e_at = self._at(e, index)
+                linear = e_at @ (a.T @ a) + 2 * (a.T @ bias) + 2 * self._at(cross, index)
+                total = total + (e_at * linear).sum(1)
+        return total.clamp_min(0)
+
     def cosine(
-        self, protos: torch.Tensor, sq_norm: torch.Tensor | None = None, eps: float = 1e-8
+        self,
+        protos: torch.Tensor,
+        sq_norm: torch.Tensor | None = None,
+        eps: float = 1e-8,
+        dots: torch.Tensor | None = None,
+        pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-pixel cosine similarity to prototypes ``[M, D]``: ``[B, M, Ht, Wt]``.
+        """Cosine similarity to prototypes ``[M, D]``: ``[B, M, Ht, Wt]``, or ``[A, M]`` at
+        the True pixels of ``pixels`` (see :meth:`dot`).
 
         Args:
             protos: ``[M, D]`` prototypes.
-            sq_norm: :meth:`sq_norm`, if already computed (default: computed here).
+            sq_norm: :meth:`sq_norm` (same ``pixels``), if already computed.
             eps: lower bound of each norm (default 1e-8, as ``F.normalize``'s 1e-12
                 would be too small for float32 squared norms).
+            dots: :meth:`dot` of ``protos`` (same ``pixels``), if already computed, e.g.
+                in one call with other prototypes.
+            pixels: optional ``[B, Ht, Wt]`` bool mask of the pixels wanted.
         """
         self._check_protos(protos)
         if sq_norm is None:
-            sq_norm = self.sq_norm()
-        norms = sq_norm.sqrt().clamp_min(eps)[:, None]
-        proto_norms = protos.norm(dim=1).clamp_min(eps)[None, :, None, None]
-        return self.dot(protos) / (norms * proto_norms)
+            sq_norm = self.sq_norm(pixels)
+        if dots is None:
+            dots = self.dot(protos, pixels)
+        norms = sq_norm.sqrt().clamp_min(eps).unsqueeze(1)
+        proto_norms = protos.norm(dim=1).clamp_min(eps)
+        if pixels is None:
+            proto_norms = proto_norms[:, None, None]
+        return dots / (norms * proto_norms)
 
-    def sq_distance(self, protos: torch.Tensor, sq_norm: torch.Tensor | None = None):
-        """Per-pixel squared distance ``‖e − q‖²`` to prototypes ``[M, D]``: ``[B, M, Ht, Wt]``.
-
-        Args:
-            protos: ``[M, D]`` prototypes.
-            sq_norm: :meth:`sq_norm`, if already computed (default: computed here).
-        """
+    def sq_distance(
+        self,
+        protos: torch.Tensor,
+        sq_norm: torch.Tensor | None = None,
+        dots: torch.Tensor | None = None,
+        pixels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Squared distance ``‖e − q‖²`` to prototypes ``[M, D]``: ``[B, M, Ht, Wt]``, or
+        ``[A, M]`` at the True pixels of ``pixels``; arguments as :meth:`cosine`."""
         self._check_protos(protos)
         if sq_norm is None:
-            sq_norm = self.sq_norm()
-        proto_sq_norms = protos.square().sum(1)[None, :, None, None]
-        return (sq_norm[:, None] - 2 * self.dot(protos) + proto_sq_norms).clamp_min(0)
+            sq_norm = self.sq_norm(pixels)
+        if dots is None:
+            dots = self.dot(protos, pixels)
+        proto_sq_norms = protos.square().sum(1)
+        if pixels is None:
+            proto_sq_norms = proto_sq_norms[:, None, None]
+        return (sq_norm.unsqueeze(1) - 2 * dots + proto_sq_norms).clamp_min(0)
 
     def labels_at_target(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels ``[B, H, W]`` nearest-resampled to ``target_size``, as the released code."""

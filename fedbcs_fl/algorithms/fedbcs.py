@@ -93,12 +93,15 @@ class FedBCS(Algorithm):
         zero = protos.new_zeros(())
         if not anchors.any() or protos.shape[0] == 0:
             return zero, zero
-        sq_norm = emb.sq_norm()
-        cosine = emb.cosine(protos, sq_norm=sq_norm).permute(0, 2, 3, 1)[anchors]  # [A, M]
+        # Only the anchor pixels, and one pass over the levels for both prototype sets.
+        sq_norm = emb.sq_norm(pixels=anchors)  # [A]
+        dots = emb.dot(torch.cat([protos, mean]), pixels=anchors)  # [A, M + K]
+        proto_dots, mean_dots = dots.split([protos.shape[0], mean.shape[0]], dim=1)
+        cosine = emb.cosine(protos, sq_norm, dots=proto_dots, pixels=anchors)  # [A, M]
         anchor_labels = labels[anchors]
         positives = proto_labels[None, :] == anchor_labels[:, None]
         contra, _ = multi_positive_infonce(cosine / self.opt["tau"], positives)
-        sq_dist = emb.sq_distance(mean, sq_norm=sq_norm).permute(0, 2, 3, 1)[anchors]  # [A, K]
+        sq_dist = emb.sq_distance(mean, sq_norm, dots=mean_dots, pixels=anchors)  # [A, K]
         has_mean = payload[f"mean_present/{stream}"].to(masks.device)[anchor_labels]
         consis = sq_dist.gather(1, anchor_labels[:, None])[:, 0][has_mean] / emb.dim
         contra = contra.mean() if contra.numel() else zero

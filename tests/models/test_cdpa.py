@@ -104,6 +104,51 @@ def test_gradients_equal_materialised(embedded, stream):
         assert_relative(got, want, rtol=1e-4, what="gradient")
 
 
+@pytest.mark.parametrize("density", [0.05, 0.5, 1.0])
+@pytest.mark.parametrize("stream", ["encoder", "decoder"])
+def test_selected_pixels_equal_materialised(embedded, stream, density):
+    """The ``pixels=`` path (only some target pixels) equals the oracle at those pixels,
+    in values and in gradients, whether the mask is sparse or dense."""
+    model, x, *_ = embedded
+    x = x[..., :32, :32]
+    protos = torch.randn(4, model.head.embedding_dim(stream), requires_grad=True)
+    _, embeddings = model.forward_with_embeddings(x)
+    size = embeddings[stream].target_size
+    mask = torch.rand(x.shape[0], *size, generator=torch.Generator().manual_seed(1)) < density
+
+    def grads(loss_of):
+        model.zero_grad()
+        protos.grad = None
+        _, embeddings = model.forward_with_embeddings(x)
+        values = loss_of(embeddings[stream])
+        sum(v.sum() for v in values).backward()
+        head = [p.grad.clone() for p in model.head.fusions[stream].parameters()]
+        return [v.detach() for v in values], [*head, protos.grad.clone()]
+
+    def selected(e):
+        sq_norm = e.sq_norm(pixels=mask)
+        return sq_norm, e.cosine(protos, sq_norm, pixels=mask), e.sq_distance(protos, pixels=mask)
+
+    def materialised(e):
+        o = _oracle(e.materialize(), protos)
+        pick = lambda t: t.permute(0, 2, 3, 1)[mask]
+        return o["sq_norm"][mask], pick(o["cosine"]), pick(o["sq_distance"])
+
+    (got_values, got_grads), (want_values, want_grads) = grads(selected), grads(materialised)
+    names = ["sq_norm", "cosine", "sq_distance"]
+    for got, want, what in zip(got_values, want_values, names, strict=True):
+        assert_relative(got, want, what=what)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        assert_relative(got, want, rtol=1e-4, what="gradient")
+
+
+def test_pixels_must_be_a_target_mask(embedded):
+    *_, embeddings = embedded
+    embedding = embeddings["decoder"]
+    with pytest.raises(ValueError, match="pixels must be a bool mask"):
+        embedding.sq_norm(pixels=torch.ones(2, 3, 3, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("ignore_index", [None, 0])
 def test_prototype_sums_equal_class_sums_of_materialised(embedded, ignore_index):
     model, _, labels, embeddings = embedded
