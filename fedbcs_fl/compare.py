@@ -51,10 +51,13 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def expand_methods(text: str) -> list[str]:
-    """``all`` or a comma-separated list of specs."""
-    if text.strip() == "all":
-        return list(METHODS)
-    return [s.strip() for s in text.split(",") if s.strip()]
+    """A comma-separated list of specs; ``all`` stands for every method (Table 1 order)."""
+    specs = []
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        for spec in METHODS if item == "all" else [item]:
+            if spec not in specs:
+                specs.append(spec)
+    return specs
 
 
 def run_dir(out: Path, spec: str, seed: int) -> Path:

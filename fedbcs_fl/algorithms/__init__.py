@@ -14,16 +14,14 @@ from .base import Algorithm, ClientUpdate, LocalContext
 # method name → (module in this package, class name), in the order of paper Table 1.
 METHODS: dict[str, tuple[str, str]] = {
     "fedavg": ("base", "Algorithm"),
-    # weights-only baselines
     "fedprox": ("fedprox", "FedProx"),
     "moon": ("moon", "MOON"),
-    "harmofl": ("harmofl", "HarmoFL"),
-    "feduv": ("feduv", "FedUV"),
-    # prototype baselines
     "fedproto": ("fedproto", "FedProto"),
+    "harmofl": ("harmofl", "HarmoFL"),
     "fpl": ("fpl", "FPL"),
     "fedcontrast": ("fedcontrast", "FedContrast"),
     "fedplvm": ("fedplvm", "FedPLVM"),
+    "feduv": ("feduv", "FedUV"),
     "fedbcs": ("fedbcs", "FedBCS"),
 }
 
