@@ -20,7 +20,7 @@ x − μ, never as Σg·x − μ·Sg, so constant channels (var = 0, r = 1/sqrt(
 
 Layout of this file: the shared coefficient math, the Triton kernels, the launchers (each
 heavy pass as a Triton kernel or as plain PyTorch, the CPU path), the autograd Function,
-and the public ``fsr``. On CPU this explicit backward is 3–5x faster than autograd
+and the public ``fsr``. On CPU this explicit backward is 2–3x faster than autograd
 through the same forward ops (docs/performance.md).
 """
 
