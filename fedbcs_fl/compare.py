@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .algorithms import METHODS, algorithm_class
-from .results import read_metrics
+from .results import line_plot, read_metrics
 
 ABLATION = {
     "fedavg": (False, False),
@@ -197,23 +197,13 @@ def table3(results) -> str:
 
 def plot_convergence(results, path: Path, title: str = "") -> None:
     """Mean Dice per round per method (mean over seeds), as the paper's Fig. 4a."""
-    from .results import plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    curves = []
     for spec, per_seed in results.items():
         rounds = [r["round"] for r in per_seed[0] if "dice" in r]
-        curves = np.array(
-            [[100 * r["mean_dice"] for r in recs if "dice" in r] for recs in per_seed]
-        )
-        ax.plot(rounds, curves.mean(0), label=spec, lw=2.2 if spec.startswith("fedbcs") else 1.2)
-    ax.set_xlabel("round")
-    ax.set_ylabel("mean foreground Dice (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        dice = np.array([[100 * r["mean_dice"] for r in recs if "dice" in r] for recs in per_seed])
+        style = {"lw": 2.2 if spec.startswith("fedbcs") else 1.2}
+        curves.append((spec, rounds, dice.mean(0), style))
+    line_plot(curves, path, "mean foreground Dice (%)", title)
 
 
 def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:

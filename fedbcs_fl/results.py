@@ -48,22 +48,33 @@ def dice_table(rows: list[tuple[str, dict[str, float]]], baseline: str | None = 
     return "\n".join(lines) + "\n"
 
 
-def plot_dice(records: list[dict], path: str | Path, title: str = "") -> None:
-    """Dice per round per site, and the mean, as a PNG."""
-    evaluated = [r for r in records if "dice" in r]
-    rounds = [r["round"] for r in evaluated]
+def line_plot(curves, path: str | Path, ylabel: str, title: str = "") -> None:
+    """Curves over rounds as a PNG: ``curves`` is ``[(label, rounds, values, style)]``
+    with ``style`` a dict of matplotlib line keywords."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for site in evaluated[0]["dice"]:
-        ax.plot(rounds, [100 * r["dice"][site] for r in evaluated], label=site, alpha=0.8)
-    ax.plot(rounds, [100 * r["mean_dice"] for r in evaluated], "k--", lw=2, label="mean")
+    for label, rounds, values, style in curves:
+        ax.plot(rounds, values, label=label, **style)
     ax.set_xlabel("round")
-    ax.set_ylabel("foreground Dice (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_dice(records: list[dict], path: str | Path, title: str = "") -> None:
+    """Dice per round per site, and the mean, as a PNG."""
+    evaluated = [r for r in records if "dice" in r]
+    rounds = [r["round"] for r in evaluated]
+    curves = [
+        (site, rounds, [100 * r["dice"][site] for r in evaluated], {"alpha": 0.8})
+        for site in evaluated[0]["dice"]
+    ]
+    mean = [100 * r["mean_dice"] for r in evaluated]
+    curves.append(("mean", rounds, mean, {"color": "k", "linestyle": "--", "lw": 2}))
+    line_plot(curves, path, "foreground Dice (%)", title)
 
 
 def is_evaluation_round(config, round_index: int) -> bool:

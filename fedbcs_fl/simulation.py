@@ -51,6 +51,18 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def reply_fields(algorithm: Algorithm, replies: list[tuple[str, ClientUpdate]]) -> dict:
+    """The per-client keys of a round record (both engines): each reply's metrics, the
+    prototypes it uploaded (paper Table 3) and its bytes (weights + payload)."""
+    return {
+        "client_metrics": {name: u.metrics for name, u in replies},
+        "prototypes_uploaded": {name: algorithm.count_prototypes(u.payload) for name, u in replies},
+        "bytes_up": {
+            name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in replies
+        },
+    }
+
+
 def sample_shape(site: SiteData) -> tuple[int, int]:
     """(in_channels, image size) of a site's first training example."""
     image, _ = site.train[0]
@@ -230,13 +242,7 @@ class Simulation:
             "aggregated": [name for name, _ in accepted],
             "faults": faults,
             "rejected": rejected,
-            "client_metrics": {name: u.metrics for name, u in replies},
-            "prototypes_uploaded": {
-                name: self.algorithm.count_prototypes(u.payload) for name, u in replies
-            },
-            "bytes_up": {
-                name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in replies
-            },
+            **reply_fields(self.algorithm, replies),
             "bytes_down": down,
         }
         if is_evaluation_round(self.config, round_index):

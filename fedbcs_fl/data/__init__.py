@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from .base import SiteData
 from .synthetic import SYNTHETIC_SITES, make_synthetic
 
@@ -9,10 +11,10 @@ REAL_DATASETS = ("prostate", "nuclei")
 DATASETS = (*SYNTHETIC_SITES, *REAL_DATASETS)
 
 
-def _require_root(config) -> str:
-    if not config.data_root:
-        raise ValueError(f"--dataset {config.dataset} reads real data: give --data-root DIR")
-    return config.data_root
+def _real(name: str):
+    """The (load, check) functions of a real data set, imported on first use."""
+    module = importlib.import_module(f"{__name__}.{name}")
+    return getattr(module, f"load_{name}"), getattr(module, f"check_{name}")
 
 
 def load_sites(config, workers: int = 0) -> list[SiteData]:
@@ -31,42 +33,27 @@ def load_sites(config, workers: int = 0) -> list[SiteData]:
             image_size=config.image_size,
             sites=config.sites,
         )
-    if name == "prostate":
-        from .prostate import load_prostate
-
-        return load_prostate(
-            _require_root(config),
-            sites=config.sites,
-            image_size=config.image_size,
-            seed=config.seed,
-            split_file=config.split_file,
-            workers=workers,
-        )
-    if name == "nuclei":
-        from .nuclei import load_nuclei
-
-        return load_nuclei(
-            _require_root(config),
-            sites=config.sites,
-            image_size=config.image_size,
-            seed=config.seed,
-            split_file=config.split_file,
-            workers=workers,
-        )
-    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if name not in REAL_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    if not config.data_root:
+        raise ValueError(f"--dataset {name} reads real data: give --data-root DIR")
+    load, _ = _real(name)
+    return load(
+        config.data_root,
+        sites=config.sites,
+        image_size=config.image_size,
+        seed=config.seed,
+        split_file=config.split_file,
+        workers=workers,
+    )
 
 
 def check_data(dataset: str, data_root: str, sites=None, workers: int = 0):
     """A :class:`~fedbcs_fl.data.checks.Report` of a real data folder: counts and problems."""
-    if dataset == "prostate":
-        from .prostate import check_prostate
-
-        return check_prostate(data_root, sites, workers=workers)
-    if dataset == "nuclei":
-        from .nuclei import check_nuclei
-
-        return check_nuclei(data_root, sites, workers=workers)
-    raise ValueError(f"check-data reads real data sets; valid: {', '.join(REAL_DATASETS)}")
+    if dataset not in REAL_DATASETS:
+        raise ValueError(f"check-data reads real data sets; valid: {', '.join(REAL_DATASETS)}")
+    _, check = _real(dataset)
+    return check(data_root, sites, workers=workers)
 
 
 __all__ = [

@@ -119,6 +119,19 @@ class Report:
         return "\n".join(lines)
 
 
+def site_report(dataset: str, data_root: Path, read: Mapping, problems, unit: str) -> Report:
+    """A :class:`Report` from ``{site: {name: item}}`` whose items carry ``foreground``
+    (None for an unreadable file) and the problems found."""
+    report = Report(dataset, data_root, problems=list(problems), unit=unit)
+    for site, items in read.items():
+        stats = SiteStats(site)
+        for item in items.values():
+            if item.foreground is not None:
+                stats.add(item.foreground)
+        report.sites.append(stats)
+    return report
+
+
 def select_sites(sites: Sequence[str] | None, valid: Sequence[str]) -> list[str]:
     """Canonical site names for ``sites`` (all of ``valid`` when None), matched ignoring case.
 

@@ -31,7 +31,6 @@ from fedbcs_fl.data.checks import (
     DataError,
     Problem,
     Report,
-    SiteStats,
     assemble_sites,
     assign_split,
     check_fractions,
@@ -40,6 +39,7 @@ from fedbcs_fl.data.checks import (
     quantize,
     resize,
     select_sites,
+    site_report,
 )
 
 DOMAINS = ("TCIA", "CRC", "KIRC", "TNBC")
@@ -224,14 +224,7 @@ def check_nuclei(
     """
     data_root = Path(data_root)
     read, _, problems = _read_domains(data_root, select_sites(sites, DOMAINS), None, workers)
-    report = Report("nuclei", data_root, problems=problems, unit="images")
-    for domain, items in read.items():
-        stats = SiteStats(domain)
-        for item in items.values():
-            if item.foreground is not None:
-                stats.add(item.foreground)
-        report.sites.append(stats)
-    return report
+    return site_report("nuclei", data_root, read, problems, unit="images")
 
 
 def load_nuclei(

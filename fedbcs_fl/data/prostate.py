@@ -34,7 +34,6 @@ from fedbcs_fl.data.checks import (
     DataError,
     Problem,
     Report,
-    SiteStats,
     assemble_sites,
     assign_split,
     check_fractions,
@@ -43,6 +42,7 @@ from fedbcs_fl.data.checks import (
     quantize,
     resize,
     select_sites,
+    site_report,
 )
 
 SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
@@ -195,14 +195,7 @@ def check_prostate(
     """
     data_root = Path(data_root)
     read, problems = _read_sites(data_root, select_sites(sites, SITES), None, workers)
-    report = Report("prostate", data_root, problems=problems, unit="slices")
-    for site, cases in read.items():
-        stats = SiteStats(site)
-        for case in cases.values():
-            if case.foreground is not None:
-                stats.add(case.foreground)
-        report.sites.append(stats)
-    return report
+    return site_report("prostate", data_root, read, problems, unit="slices")
 
 
 def load_prostate(

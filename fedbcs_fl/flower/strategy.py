@@ -23,7 +23,7 @@ from ..algorithms.base import Algorithm
 from ..config import RunConfig
 from ..results import evaluation_fields, is_evaluation_round
 from ..screening import ScreeningPolicy, screen_updates
-from ..simulation import tensor_bytes
+from ..simulation import reply_fields, tensor_bytes
 from .records import (
     METRICS_KEY,
     PARTITION_ID,
@@ -121,13 +121,7 @@ class AlgorithmStrategy(FedAvg):
             "aggregated": [name for name, _ in accepted],
             "faults": faults,
             "rejected": rejected,
-            "client_metrics": {name: u.metrics for name, u in pairs},
-            "prototypes_uploaded": {
-                name: self.algorithm.count_prototypes(u.payload) for name, u in pairs
-            },
-            "bytes_up": {
-                name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in pairs
-            },
+            **reply_fields(self.algorithm, pairs),
         }
         if not accepted:  # nothing usable: the global model stays as it was
             return to_record(self.global_weights), None
