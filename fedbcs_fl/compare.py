@@ -20,10 +20,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from tqdm.auto import tqdm
 
 from .algorithms import METHODS, algorithm_class
+from .algorithms.base import check_option
 from .results import line_plot, read_metrics
 
 ABLATION = {
@@ -37,17 +39,42 @@ ABLATION = {
 def parse_spec(spec: str) -> tuple[str, list[str]]:
     """``"fedbcs/no-fsr/tau=0.1"`` → (``"fedbcs"``, train arguments for the changes)."""
     name, *changes = spec.split("/")
-    algorithm_class(name)  # raises with the valid names
+    options = algorithm_class(name).options  # raises with the valid names
     args = []
     for change in changes:
         if "=" in change:
             key, value = change.split("=", 1)
+            _check_spec_option(spec, name, options, key, value)
             args += ["--" + key.replace("_", "-"), value]
         elif change.startswith("no-"):
+            _check_spec_option(spec, name, options, change[3:].replace("-", "_"), None)
             args.append("--" + change)
         else:
             raise ValueError(f"cannot read {change!r} in method spec {spec!r}: use no-X or X=V")
     return name, args
+
+
+def _check_spec_option(spec: str, method: str, options: dict, key: str, value: str | None):
+    """Fail on a wrong option before any run starts, not when its turn comes hours later."""
+    if key not in options:
+        valid = ", ".join(sorted(options)) or "none"
+        raise ValueError(f"in {spec!r}: {method} has no option {key}; valid: {valid}")
+    default = options[key]
+    if isinstance(default, bool) != (value is None):
+        form = f"no-{key}" if isinstance(default, bool) else f"{key}=VALUE"
+        raise ValueError(f"in {spec!r}: write {key} as {form}")
+    if value is None or isinstance(default, str):
+        typed = value
+    else:
+        try:
+            typed = int(value) if isinstance(default, int) else float(value)
+        except ValueError:
+            raise ValueError(f"in {spec!r}: {key}={value} is not a number") from None
+    if typed is not None:
+        try:
+            check_option(key, typed)
+        except ValueError as error:
+            raise ValueError(f"in {spec!r}: {error}") from None
 
 
 def expand_methods(text: str) -> list[str]:
@@ -195,14 +222,31 @@ def table3(results) -> str:
     return "\n".join(lines) + "\n"
 
 
+_VARIANT_DASHES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
+
+
+def _curve_style(spec: str, variant_index: int) -> dict:
+    """One colour per method, in Table 1 order (tab10 has exactly one per method); a
+    variant such as ``fedbcs/no-fsr`` keeps its method's colour with its own dash."""
+    method, options = parse_spec(spec)
+    colours = matplotlib.colormaps["tab10"].colors
+    style = {"color": colours[list(METHODS).index(method) % len(colours)]}
+    style["lw"] = 2.2 if method == "fedbcs" else 1.3
+    if options:
+        style["linestyle"] = _VARIANT_DASHES[variant_index % len(_VARIANT_DASHES)]
+    return style
+
+
 def plot_convergence(results, path: Path, title: str = "") -> None:
     """Mean Dice per round per method (mean over seeds), as the paper's Fig. 4a."""
-    curves = []
+    curves, variants = [], {}
     for spec, per_seed in results.items():
         rounds = [r["round"] for r in per_seed[0] if "dice" in r]
         dice = np.array([[100 * r["mean_dice"] for r in recs if "dice" in r] for recs in per_seed])
-        style = {"lw": 2.2 if spec.startswith("fedbcs") else 1.2}
-        curves.append((spec, rounds, dice.mean(0), style))
+        method, options = parse_spec(spec)
+        index = variants.get(method, 0)
+        variants[method] = index + (1 if options else 0)
+        curves.append((spec, rounds, dice.mean(0), _curve_style(spec, index)))
     line_plot(curves, path, "mean foreground Dice (%)", title)
 
 
@@ -210,10 +254,13 @@ def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
     results = _collect(out, specs, seeds)
     first = next(r for r in results[specs[0]][0] if "dice" in r)
     sites = list(first["dice"])
-    note = f"{dataset}, {rounds} rounds, seeds {', '.join(map(str, seeds))}; Dice in %.\n\n"
-    (out / "table1.md").write_text(note + table1(results, sites))
-    (out / "table3.md").write_text(note + table3(results))
+    setting = f"{dataset}, {rounds} rounds, seeds {', '.join(map(str, seeds))}"
+    dice_note = f"{setting}; Dice in %.\n\n"
+    (out / "table1.md").write_text(dice_note + table1(results, sites))
+    (out / "table3.md").write_text(
+        f"{setting}; means over clients, rounds and seeds.\n\n" + table3(results)
+    )
     if all(spec in results for spec in ABLATION):
-        (out / "table2.md").write_text(note + table2({s: results[s] for s in ABLATION}, sites))
+        (out / "table2.md").write_text(dice_note + table2({s: results[s] for s in ABLATION}, sites))
     plot_convergence(results, out / "convergence.png", title=f"{dataset}, {len(seeds)} seeds")
     return table1(results, sites)

@@ -58,9 +58,9 @@ def line_plot(curves, path: str | Path, ylabel: str, title: str = "") -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
+    # Outside the axes: with many methods an inside legend hides the curves it names.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 

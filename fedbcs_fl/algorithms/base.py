@@ -16,6 +16,7 @@ are declared in ``options`` (name → default) and read from ``self.opt``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,6 +26,53 @@ from torch import nn
 from ..aggregation import weighted_average
 from ..config import RunConfig, dataset_default
 from ..losses import segmentation_loss
+
+# What each method option may be, by name: a name means the same thing in every method
+# that has it (``tau`` is always a temperature, ``mu`` and ``lambda_*`` loss weights).
+# Checked when an algorithm is built, so a bad value stops the run before any data is read.
+# An interval is written as text, e.g. ``"(0, inf)"``; every bound must also be finite.
+OPTION_RANGES: dict[str, str] = {
+    "tau": "(0, inf)",
+    "proto_dim": "[1, inf)",
+    "proj_dim": "[1, inf)",
+    "uniformity_samples": "[2, inf)",
+    "alpha_sparsity": "(0, inf)",
+    "alpha": "[0, inf)",
+    "amplitude_ratio": "[0, 0.5)",
+    "amplitude_momentum": "[0, 1]",
+    "mu": "[0, inf)",
+}
+LOSS_WEIGHT_RANGE = "[0, inf)"  # every ``lambda_*``
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "fsr_gate": ("static", "adaptive"),
+    "fusion": ("deepest", "adjacent"),
+}
+
+
+def option_range(name: str) -> str:
+    if name.startswith("lambda_"):
+        return OPTION_RANGES.get(name, LOSS_WEIGHT_RANGE)
+    if name not in OPTION_RANGES:
+        raise KeyError(f"option {name!r} has no range in OPTION_RANGES")
+    return OPTION_RANGES[name]
+
+
+def check_option(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` when ``value`` is outside what it may be."""
+    if isinstance(value, bool):
+        return
+    if name in OPTION_CHOICES:
+        if value not in OPTION_CHOICES[name]:
+            raise ValueError(
+                f"{name} must be one of {', '.join(OPTION_CHOICES[name])}; got {value!r}"
+            )
+        return
+    interval = option_range(name)
+    low, high = (float(b) for b in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    if not (above and below and math.isfinite(value)):  # NaN fails every comparison
+        raise ValueError(f"{name} must be in {interval}; got {value}")
 
 
 @dataclass
@@ -95,6 +143,7 @@ class Algorithm:
         for key, value in self.opt.items():
             if value is None:
                 self.opt[key] = dataset_default(config.dataset, key)
+            check_option(key, self.opt[key])
 
     # ---- model --------------------------------------------------------------------
 

@@ -81,6 +81,9 @@ def test_baseline_delta_in_summary(tmp_path):
         (["train", "--dataset", "mnist"], "invalid choice: 'mnist'"),
         (["train", "--rounds", "0"], "must be a positive integer"),
         (["train", "--method", "fedavg", "--tau", "0.1"], "fedavg has no option tau"),
+        (["train", "--method", "fedbcs", "--tau", "-1"], "tau must be in (0, inf); got -1.0"),
+        (["train", "--method", "fedprox", "--mu", "nan"], "mu must be in [0, inf); got nan"),
+        (["train", "--method", "fedbcs", "--fusion", "sideways"], "fusion must be one of"),
         (["train", "--dataset", "prostate"], "give --data-root"),
     ],
 )
