@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .algorithms import METHODS, algorithm_class
-from .algorithms.base import check_option
+from .config import RunConfig
 from .results import line_plot, read_metrics
 
 ABLATION = {
@@ -37,44 +37,48 @@ ABLATION = {
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
-    """``"fedbcs/no-fsr/tau=0.1"`` → (``"fedbcs"``, train arguments for the changes)."""
+    """``"fedbcs/no-fsr/tau=0.1"`` → (``"fedbcs"``, train arguments for the changes).
+
+    The changes are checked as ``fedbcs train`` would check them, by building the
+    algorithm, so a wrong one fails before any run starts, not hours later.
+    """
     name, *changes = spec.split("/")
-    options = algorithm_class(name).options  # raises with the valid names
-    args = []
+    cls = algorithm_class(name)  # raises with the valid names
+    args, values = [], {}
     for change in changes:
         if "=" in change:
-            key, value = change.split("=", 1)
-            _check_spec_option(spec, name, options, key, value)
-            args += ["--" + key.replace("_", "-"), value]
+            key, text = change.split("=", 1)
+            values[key] = _typed(spec, key, text, cls.options)
+            args += ["--" + key.replace("_", "-"), text]
         elif change.startswith("no-"):
-            _check_spec_option(spec, name, options, change[3:].replace("-", "_"), None)
+            key = change[3:].replace("-", "_")
+            values[key] = _typed(spec, key, None, cls.options)
             args.append("--" + change)
         else:
             raise ValueError(f"cannot read {change!r} in method spec {spec!r}: use no-X or X=V")
+    try:  # the algorithm's own checks: option names (Algorithm) and ranges (check_option)
+        cls(RunConfig(method=name, method_options=values).resolved(), 3, 2)
+    except ValueError as error:
+        raise ValueError(f"in {spec!r}: {error}") from None
     return name, args
 
 
-def _check_spec_option(spec: str, method: str, options: dict, key: str, value: str | None):
-    """Fail on a wrong option before any run starts, not when its turn comes hours later."""
+def _typed(spec: str, key: str, text: str | None, options: dict):
+    """A spec's value as the option's type (``None`` text: the ``no-X`` form, False)."""
     if key not in options:
-        valid = ", ".join(sorted(options)) or "none"
-        raise ValueError(f"in {spec!r}: {method} has no option {key}; valid: {valid}")
+        return text  # the build names the valid options
     default = options[key]
-    if isinstance(default, bool) != (value is None):
+    if isinstance(default, bool) != (text is None):
         form = f"no-{key}" if isinstance(default, bool) else f"{key}=VALUE"
         raise ValueError(f"in {spec!r}: write {key} as {form}")
-    if value is None or isinstance(default, str):
-        typed = value
-    else:
-        try:
-            typed = int(value) if isinstance(default, int) else float(value)
-        except ValueError:
-            raise ValueError(f"in {spec!r}: {key}={value} is not a number") from None
-    if typed is not None:
-        try:
-            check_option(key, typed)
-        except ValueError as error:
-            raise ValueError(f"in {spec!r}: {error}") from None
+    if text is None:
+        return False
+    if isinstance(default, str):
+        return text
+    try:
+        return int(text) if isinstance(default, int) else float(text)
+    except ValueError:
+        raise ValueError(f"in {spec!r}: {key}={text} is not a number") from None
 
 
 def expand_methods(text: str) -> list[str]:
@@ -225,15 +229,15 @@ def table3(results) -> str:
 _VARIANT_DASHES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
 
 
-def _curve_style(spec: str, variant_index: int) -> dict:
+def _curve_style(method: str, variant: int | None) -> dict:
     """One colour per method, in Table 1 order (tab10 has exactly one per method); a
-    variant such as ``fedbcs/no-fsr`` keeps its method's colour with its own dash."""
-    method, options = parse_spec(spec)
+    variant such as ``fedbcs/no-fsr`` (``variant`` = its index among the method's
+    variants) keeps its method's colour with its own dash."""
     colours = matplotlib.colormaps["tab10"].colors
     style = {"color": colours[list(METHODS).index(method) % len(colours)]}
     style["lw"] = 2.2 if method == "fedbcs" else 1.3
-    if options:
-        style["linestyle"] = _VARIANT_DASHES[variant_index % len(_VARIANT_DASHES)]
+    if variant is not None:
+        style["linestyle"] = _VARIANT_DASHES[variant % len(_VARIANT_DASHES)]
     return style
 
 
@@ -243,10 +247,12 @@ def plot_convergence(results, path: Path, title: str = "") -> None:
     for spec, per_seed in results.items():
         rounds = [r["round"] for r in per_seed[0] if "dice" in r]
         dice = np.array([[100 * r["mean_dice"] for r in recs if "dice" in r] for recs in per_seed])
-        method, options = parse_spec(spec)
-        index = variants.get(method, 0)
-        variants[method] = index + (1 if options else 0)
-        curves.append((spec, rounds, dice.mean(0), _curve_style(spec, index)))
+        method, *changes = spec.split("/")
+        variant = None
+        if changes:
+            variant = variants.get(method, 0)
+            variants[method] = variant + 1
+        curves.append((spec, rounds, dice.mean(0), _curve_style(method, variant)))
     line_plot(curves, path, "mean foreground Dice (%)", title)
 
 

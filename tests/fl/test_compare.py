@@ -96,10 +96,10 @@ def test_table3_averages_over_clients_rounds_and_seeds():
 
 
 def test_each_method_has_its_colour_and_variants_keep_it():
-    colours = {_curve_style(m, 0)["color"] for m in METHODS}
+    colours = {_curve_style(m, None)["color"] for m in METHODS}
     assert len(colours) == len(METHODS)
-    base = _curve_style("fedbcs", 0)
-    variants = [_curve_style("fedbcs/no-fsr", 0), _curve_style("fedbcs/no-cdpa", 1)]
+    base = _curve_style("fedbcs", None)
+    variants = [_curve_style("fedbcs", 0), _curve_style("fedbcs", 1)]
     assert all(v["color"] == base["color"] for v in variants)
     assert "linestyle" not in base
     assert variants[0]["linestyle"] != variants[1]["linestyle"]
