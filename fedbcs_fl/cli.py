@@ -1,4 +1,5 @@
-"""The ``fedbcs`` command: train, eval, show-data, compare, check-data, flower-local.
+"""The ``fedbcs`` command: train, eval, show-data, compare, check-data, calibrate-data,
+flower-local.
 
 Bad arguments print one line naming the valid choices and exit with status 2.
 """
@@ -267,6 +268,21 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_calibrate_data(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    if args.seed != RunConfig.seed:
+        raise ValueError("calibrate-data runs seeds 0..N-1: give --seeds N, not --seed")
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / f"calibrate-{config.dataset}"
+    calibration = calibrate(
+        config, range(args.seeds), out, progress=not args.quiet, workers=args.workers
+    )
+    print(calibration.markdown())
+    print(f"calibration.md, calibration.json and calibration.png in {out}/")
+    return 0
+
+
 def cmd_flower_local(args: argparse.Namespace) -> int:
     from .flower.local import run_local
 
@@ -330,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sites", type=_site_list)
     check.add_argument("--workers", type=int, default=0, help="processes decoding files")
     check.set_defaults(func=cmd_check_data)
+
+    calibrate = commands.add_parser(
+        "calibrate-data",
+        help="does a data set carry domain shift? site-local transfer, FedAvg, pooled, style",
+    )
+    _add_run_arguments(calibrate, method_arguments=False)
+    calibrate.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1")
+    calibrate.add_argument("--out", help="report folder (default: runs/calibrate-<dataset>)")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    calibrate.add_argument("--workers", type=int, default=0, help="processes decoding real data")
+    calibrate.set_defaults(func=cmd_calibrate_data)
 
     flower = commands.add_parser(
         "flower-local", help="a real Flower deployment on loopback (SuperLink + SuperNodes)"
