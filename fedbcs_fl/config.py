@@ -28,6 +28,13 @@ def dataset_default(dataset: str, name: str):
     return DATASET_DEFAULTS.get(dataset, {}).get(name, FALLBACK_DEFAULTS[name])
 
 
+def synthetic_version(dataset: str) -> int | None:
+    """The version of the generator behind a synthetic ``dataset`` (None for real data)."""
+    from .data.synthetic import SYNTHETIC_SITES, SYNTHETIC_VERSION
+
+    return SYNTHETIC_VERSION if dataset in SYNTHETIC_SITES else None
+
+
 @dataclass
 class RunConfig:
     """Everything a run depends on; written to ``config.json`` in the run folder.
@@ -61,6 +68,7 @@ class RunConfig:
     screen_norm_factor: float = 10.0
     screen_max_examples: int = 10_000_000
     inject_faults: str | None = None
+    data_version: int | None = None  # the synthetic generators' version; None: real data
     method_options: dict = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
@@ -70,6 +78,8 @@ class RunConfig:
         for name in ("optimizer", "lr", "image_size"):
             if getattr(out, name) is None:
                 setattr(out, name, dataset_default(self.dataset, name))
+        if out.data_version is None:
+            out.data_version = synthetic_version(self.dataset)
         return out
 
     def to_json(self) -> str:
@@ -88,6 +98,8 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source} has unknown fields: {', '.join(unknown)}")
+        if "data_version" not in data and synthetic_version(data.get("dataset", cls.dataset)):
+            data = {**data, "data_version": 1}  # written before the generators had versions
         return cls(**data)
 
     @classmethod

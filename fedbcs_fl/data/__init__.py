@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from .base import SiteData
-from .synthetic import SYNTHETIC_SITES, make_synthetic
+from .synthetic import SYNTHETIC_SITES, SYNTHETIC_VERSION, make_synthetic
 
 REAL_DATASETS = ("prostate", "nuclei")
 DATASETS = (*SYNTHETIC_SITES, *REAL_DATASETS)
@@ -25,6 +25,13 @@ def load_sites(config, workers: int = 0) -> list[SiteData]:
     """
     name = config.dataset
     if name in SYNTHETIC_SITES:
+        version = getattr(config, "data_version", None)
+        if version is not None and version != SYNTHETIC_VERSION:
+            raise ValueError(
+                f"this run used {name} version {version}; this fedbcs generates version "
+                f"{SYNTHETIC_VERSION} (docs/data.md): start a new run, or install the fedbcs "
+                "that made it"
+            )
         return make_synthetic(
             name,
             seed=config.seed,
@@ -60,6 +67,7 @@ __all__ = [
     "DATASETS",
     "REAL_DATASETS",
     "SYNTHETIC_SITES",
+    "SYNTHETIC_VERSION",
     "SiteData",
     "check_data",
     "load_sites",

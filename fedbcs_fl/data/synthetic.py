@@ -1,29 +1,49 @@
-"""The embedded multi-site benchmarks: same labels everywhere, a different style per site.
+"""The embedded multi-site benchmarks: one label process, a different acquisition per site.
 
 Real medical images cannot ship with the package, so the default experiments run on data
 generated here, deterministically from a seed, with no downloads and no files. Each data
-set reproduces the problem FedBCS addresses (paper Sec. 1): every site draws its images
-and masks from one shared content process, so the label distribution is identical, and
-only the rendering (the "style" a scanner or a staining protocol imposes) differs.
+set carries the problem FedBCS addresses (paper Sec. 1 and 4.1): every site draws its
+masks from one shared content process, and only the acquisition differs (the "style" a
+scanner, a staining protocol or a magnification imposes). Version 2 of the generators
+(:data:`SYNTHETIC_VERSION`, recorded in every run's ``config.json``) makes that style hard
+to remove, because it is the kind real sources have:
+
+- **Style varies per image** around the site's mean (stain vectors and strengths,
+  per-channel gain and offset, gamma, blur, noise), and one site of each set pools two or
+  three sub-styles, as real sources pool scanners or tumour types. Local batches are
+  single-site, so BatchNorm's batch statistics cannot remove a per-image style; FSR,
+  which acts on each image's channel moments, can.
+- **Non-linear, site-specific intensity transfer**: a monotone piecewise-linear curve per
+  site, saturating or clipping at some sites.
+- **Frequency-domain shifts**: the low-frequency amplitude of each image is blended with
+  a fixed site reference spectrum (the FDA idea, phase kept), site-specific anisotropic
+  blur (the scanner's MTF), mid/high-frequency gain, and periodic artefacts at one site
+  (stripes on a slide scanner, an N/2 ghost on an MR scanner).
+- **Resolution and magnification** differ per site: nuclei size in pixels; the prostate's
+  field of view, in-plane resolution and slice thickness.
+- **Content that colour or position alone cannot solve**: nuclei of varied size that touch
+  and overlap, with unlabelled dark distractors (red blood cells, hematoxylin-dark
+  debris, tissue folds); prostates of varied position and size, including apex and base
+  slices with small cross-sections, among seminal vesicles, muscles and rectum.
+- **Unequal site sizes**: each site has its own share of ``n_train`` (``SITE_SIZES``).
 
 ``synthetic-nuclei`` (4 sites, RGB)
-    Many small, irregular elliptical nuclei on textured tissue, rendered with the
-    Beer-Lambert law from hematoxylin and eosin densities. Per site: the stain matrix and
-    illuminant, stain strength, background texture, a low-frequency amplitude-spectrum
-    profile per channel (phase and mean kept), blur, intensity curve (gamma) and noise.
+    Nuclei, red blood cells and debris on textured stroma, rendered with the Beer-Lambert
+    law from hematoxylin and eosin densities.
 ``synthetic-prostate`` (6 sites, 3 slices)
-    Three adjacent axial slices of a smooth 3-D gland with T2-like anatomy around it
-    (fat, muscles, rectum, bladder); the mask is the gland in the centre slice. Per site:
-    slice spacing, bias field (and an endorectal-coil hot spot on two sites), acquisition
-    resolution, Rician noise and intensity curve (window and gamma).
+    Three adjacent axial slices of a smooth 3-D gland with T2-like anatomy around it; the
+    mask is the gland in the centre slice.
 
-Layout: the site style tables, the public :func:`make_synthetic`, then the shared
-frequency-domain helpers, and per data set its content process and its renderer.
+The numbers were calibrated against targets fixed in advance on FedAvg, site-local and
+pooled training (``fedbcs calibrate-data``; docs/data.md), never on any method's result.
+
+Layout: the style and site tables, the public :func:`make_synthetic`, the shared helpers
+(seeding, filters, blobs, style transfer), then per data set its content and renderer.
 
 Example:
     >>> sites = make_synthetic("synthetic-nuclei", seed=0, n_train=4, n_test=2)
-    >>> [site.name for site in sites]
-    ['site-A', 'site-B', 'site-C', 'site-D']
+    >>> [(site.name, len(site.train)) for site in sites]
+    [('site-A', 6), ('site-B', 3), ('site-C', 2), ('site-D', 5)]
     >>> image, mask = sites[0].train[0]
     >>> tuple(image.shape), image.dtype, tuple(mask.shape), mask.dtype
     ((3, 64, 64), torch.float32, (64, 64), torch.int64)
@@ -41,12 +61,24 @@ from torch.utils.data import TensorDataset
 
 from .base import SiteData
 
-__all__ = ["SYNTHETIC_SITES", "make_synthetic"]
+__all__ = ["SITE_SIZES", "SYNTHETIC_SITES", "SYNTHETIC_VERSION", "make_synthetic"]
+
+SYNTHETIC_VERSION = 2
+"""Version of the generators; a run's ``config.json`` records it (``data_version``)."""
+
+# A monotone piecewise-linear intensity curve: output levels at equally spaced inputs
+# 0, 1/(K-1), ..., 1. Levels that reach 1 early clip the highlights; a first level above 0
+# lifts the blacks.
+Curve = tuple[float, ...]
+_IDENTITY: Curve = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class NucleiStyle:
-    """How one histology site renders the shared nuclei content.
+    """How one histology scanner and staining protocol renders the shared content.
+
+    Per-image draws scale with ``jitter``: each image gets its own stain vectors, stain
+    strengths, channel gains and offsets, gamma, blur and noise around these means.
 
     Attributes:
         haematoxylin: optical density per unit of hematoxylin, RGB (unit vector).
@@ -54,16 +86,23 @@ class NucleiStyle:
         illuminant: transmitted light of the empty slide, RGB in (0, 1].
         haematoxylin_strength: scale of the hematoxylin density (stain uptake).
         eosin_strength: scale of the eosin density.
-        texture_scale: correlation length of the tissue texture along its fibres, in
-            pixels of a 64-pixel image.
+        texture_scale: correlation length of the stroma texture along its fibres, in
+            reference pixels.
         texture_anisotropy: fibre length over fibre width (1 is isotropic).
         texture_angle: fibre direction in radians.
-        texture_contrast: relative amplitude of the tissue texture in the eosin density.
-        spectrum_gain: per-channel gain of the low spatial frequencies (amplitude spectrum
-            multiplied by ``1 + gain · exp(-(f / f0)²)``, DC and phase kept).
-        blur: Gaussian blur sigma in pixels of a 64-pixel image.
-        gamma: intensity curve ``I ↦ I^gamma`` after rendering.
-        noise: standard deviation of the additive Gaussian noise.
+        texture_contrast: relative amplitude of the stroma texture in the eosin density.
+        blur: Gaussian MTF sigma along ``blur_angle``, reference pixels.
+        blur_anisotropy: sigma along ``blur_angle`` over sigma across it.
+        blur_angle: direction of the strongest blur, radians.
+        sharpen: gain of the mid and high spatial frequencies (0: none; the scanner's
+            sharpening filter).
+        fda: weight of the site reference spectrum in each image's low-frequency
+            amplitude (0: none, 1: replaced).
+        curve: the site's intensity curve, applied per channel.
+        gamma: exponent applied before the curve.
+        stripes: amplitude of horizontal periodic stripes (0: none).
+        noise: standard deviation of the additive sensor noise.
+        jitter: spread of the per-image style around this mean (0: none).
     """
 
     haematoxylin: tuple[float, float, float]
@@ -75,178 +114,398 @@ class NucleiStyle:
     texture_anisotropy: float
     texture_angle: float
     texture_contrast: float
-    spectrum_gain: tuple[float, float, float]
     blur: float
+    blur_anisotropy: float
+    blur_angle: float
+    sharpen: float
+    fda: float
+    curve: Curve
     gamma: float
+    stripes: float
     noise: float
+    jitter: float
 
 
 @dataclass(frozen=True)
 class ProstateStyle:
-    """How one MRI site acquires the shared prostate content.
+    """How one MRI scanner and protocol acquires the shared prostate content.
 
     Attributes:
-        slice_spacing: distance between adjacent slices, in units of the gland's
-            cranio-caudal semi-axis.
-        bias: amplitude of the smooth multiplicative bias field (log scale).
+        bias: amplitude of the smooth multiplicative bias field (log scale), drawn anew
+            for every image.
         coil: peak gain of the endorectal-coil hot spot behind the gland (0: no coil).
-        resolution: acquisition pixel size over the output pixel size (1: full
+        resolution: in-plane acquisition pixel size over the output pixel size (1: full
             resolution; the image is acquired at ``size / resolution`` and upsampled).
+        blur_anisotropy: resolution along the phase-encoding (vertical) axis over that
+            along the frequency-encoding axis (1: isotropic).
+        fda: weight of the site reference spectrum in each image's low-frequency
+            amplitude (0: none).
+        ghost: amplitude of the N/2 ghost along the phase-encoding axis (0: none).
         noise: Rician noise sigma at the acquisition resolution.
         window: intensity window ``(low, high)`` mapped to [0, 1] before the gamma.
-        gamma: intensity curve exponent applied after the window.
+        gamma: exponent applied after the window.
+        curve: the site's intensity curve after the gamma.
+        jitter: spread of the per-image style (gain, window, gamma, noise) around this mean.
     """
 
-    slice_spacing: float
     bias: float
     coil: float
     resolution: float
+    blur_anisotropy: float
+    fda: float
+    ghost: float
     noise: float
     window: tuple[float, float]
     gamma: float
+    curve: Curve
+    jitter: float
 
 
-_NUCLEI_STYLES: dict[str, NucleiStyle] = {
-    # Textbook H&E, sharp scan, fine isotropic stroma.
-    "site-A": NucleiStyle(
-        haematoxylin=(0.65, 0.70, 0.29),
-        eosin=(0.07, 0.99, 0.11),
-        illuminant=(0.96, 0.94, 0.96),
-        haematoxylin_strength=1.0,
-        eosin_strength=0.55,
-        texture_scale=1.5,
-        texture_anisotropy=1.0,
-        texture_angle=0.0,
-        texture_contrast=0.35,
-        spectrum_gain=(0.0, 0.0, 0.0),
-        blur=0.4,
-        gamma=1.0,
-        noise=0.015,
+@dataclass(frozen=True)
+class Site:
+    """One synthetic site: its acquisition geometry and its style(s).
+
+    Attributes:
+        size: share of ``n_train``: the site has ``round(size · n_train)`` training images
+            (at least 2). The shares of a data set average 1.
+        magnification: how large the content appears (nuclei size in pixels; the
+            prostate's field of view is ``1 / magnification``).
+        styles: one style, or two or three sub-styles the site pools (each image draws one
+            with the probabilities ``mix``).
+        mix: probability of each sub-style (``None``: equal).
+        slice_thickness: prostate only: distance between adjacent slices and the through-
+            plane partial volume, in units of the gland's cranio-caudal semi-axis.
+    """
+
+    size: float
+    magnification: float
+    styles: tuple
+    mix: tuple[float, ...] | None = None
+    slice_thickness: float = 0.0
+
+
+_HE = {"haematoxylin": (0.65, 0.70, 0.29), "eosin": (0.07, 0.99, 0.11)}
+
+_NUCLEI_SITES: dict[str, Site] = {
+    # Pools three tumour types scanned on one scanner (TCIA-like): textbook, purple and
+    # pale pink sub-styles; sharp; mild S-curve.
+    "site-A": Site(
+        size=1.5,
+        magnification=1.0,
+        styles=(
+            NucleiStyle(
+                **_HE,
+                illuminant=(0.96, 0.94, 0.96),
+                haematoxylin_strength=1.0,
+                eosin_strength=0.55,
+                texture_scale=1.5,
+                texture_anisotropy=1.0,
+                texture_angle=0.0,
+                texture_contrast=0.35,
+                blur=0.5,
+                blur_anisotropy=1.0,
+                blur_angle=0.0,
+                sharpen=0.0,
+                fda=0.0,
+                curve=(0.0, 0.2, 0.5, 0.8, 1.0),
+                gamma=1.0,
+                stripes=0.0,
+                noise=0.02,
+                jitter=0.8,
+            ),
+            NucleiStyle(
+                haematoxylin=(0.55, 0.76, 0.34),
+                eosin=(0.28, 0.90, 0.33),
+                illuminant=(0.93, 0.90, 0.95),
+                haematoxylin_strength=1.4,
+                eosin_strength=0.9,
+                texture_scale=3.0,
+                texture_anisotropy=1.5,
+                texture_angle=0.8,
+                texture_contrast=0.3,
+                blur=0.6,
+                blur_anisotropy=1.0,
+                blur_angle=0.0,
+                sharpen=0.0,
+                fda=0.0,
+                curve=(0.0, 0.2, 0.5, 0.8, 1.0),
+                gamma=1.3,
+                stripes=0.0,
+                noise=0.02,
+                jitter=0.8,
+            ),
+            NucleiStyle(
+                haematoxylin=(0.72, 0.64, 0.27),
+                eosin=(0.03, 0.85, 0.52),
+                illuminant=(0.98, 0.97, 0.97),
+                haematoxylin_strength=0.7,
+                eosin_strength=0.4,
+                texture_scale=2.0,
+                texture_anisotropy=1.0,
+                texture_angle=0.0,
+                texture_contrast=0.45,
+                blur=0.5,
+                blur_anisotropy=1.0,
+                blur_angle=0.0,
+                sharpen=0.0,
+                fda=0.0,
+                curve=(0.0, 0.2, 0.5, 0.8, 1.0),
+                gamma=0.85,
+                stripes=0.0,
+                noise=0.02,
+                jitter=0.8,
+            ),
+        ),
     ),
-    # Over-stained, purple, darker curve, coarse blotchy stroma, boosted red low frequencies.
-    "site-B": NucleiStyle(
-        haematoxylin=(0.55, 0.76, 0.34),
-        eosin=(0.28, 0.90, 0.33),
-        illuminant=(0.93, 0.90, 0.95),
-        haematoxylin_strength=1.35,
-        eosin_strength=0.85,
-        texture_scale=5.0,
-        texture_anisotropy=1.0,
-        texture_angle=0.0,
-        texture_contrast=0.3,
-        spectrum_gain=(0.8, 0.3, 0.3),
-        blur=0.7,
-        gamma=1.3,
-        noise=0.02,
+    # High magnification (large nuclei), over-stained, blur along one axis, sharpened.
+    "site-B": Site(
+        size=0.75,
+        magnification=1.4,
+        styles=(
+            NucleiStyle(
+                haematoxylin=(0.50, 0.80, 0.33),
+                eosin=(0.30, 0.85, 0.43),
+                illuminant=(0.92, 0.88, 0.94),
+                haematoxylin_strength=1.5,
+                eosin_strength=1.0,
+                texture_scale=5.0,
+                texture_anisotropy=1.0,
+                texture_angle=0.0,
+                texture_contrast=0.35,
+                blur=1.3,
+                blur_anisotropy=3.0,
+                blur_angle=0.6,
+                sharpen=0.8,
+                fda=0.5,
+                curve=(0.0, 0.35, 0.62, 0.82, 0.94, 1.0),
+                gamma=1.4,
+                stripes=0.0,
+                noise=0.03,
+                jitter=1.0,
+            ),
+        ),
     ),
-    # Faded pink, slightly out of focus, fibrous stroma, flattened low frequencies.
-    "site-C": NucleiStyle(
-        haematoxylin=(0.72, 0.64, 0.27),
-        eosin=(0.03, 0.85, 0.52),
-        illuminant=(0.98, 0.97, 0.97),
-        haematoxylin_strength=0.85,
-        eosin_strength=0.45,
-        texture_scale=6.0,
-        texture_anisotropy=6.0,
-        texture_angle=0.5,
-        texture_contrast=0.55,
-        spectrum_gain=(-0.5, -0.5, -0.5),
-        blur=1.1,
-        gamma=0.8,
-        noise=0.01,
+    # Low magnification (small nuclei), faded, out of focus, highlights clipped.
+    "site-C": Site(
+        size=0.5,
+        magnification=0.75,
+        styles=(
+            NucleiStyle(
+                haematoxylin=(0.72, 0.64, 0.27),
+                eosin=(0.03, 0.85, 0.52),
+                illuminant=(0.98, 0.97, 0.97),
+                haematoxylin_strength=1.0,
+                eosin_strength=0.45,
+                texture_scale=6.0,
+                texture_anisotropy=6.0,
+                texture_angle=0.5,
+                texture_contrast=0.55,
+                blur=1.1,
+                blur_anisotropy=1.0,
+                blur_angle=0.0,
+                sharpen=0.0,
+                fda=0.7,
+                curve=(0.0, 0.3, 0.58, 0.85, 1.0, 1.0),
+                gamma=1.0,
+                stripes=0.0,
+                noise=0.02,
+                jitter=1.2,
+            ),
+        ),
     ),
-    # Blue-grey nuclei on orange stroma, grainy sensor, strong blue low frequencies.
-    "site-D": NucleiStyle(
-        haematoxylin=(0.80, 0.55, 0.23),
-        eosin=(0.05, 0.55, 0.83),
-        illuminant=(0.92, 0.95, 0.98),
-        haematoxylin_strength=1.1,
-        eosin_strength=0.6,
-        texture_scale=2.5,
-        texture_anisotropy=2.0,
-        texture_angle=-1.0,
-        texture_contrast=0.4,
-        spectrum_gain=(0.2, 0.4, 1.5),
-        blur=0.2,
-        gamma=1.1,
-        noise=0.045,
+    # Blue-grey nuclei on orange stroma, grainy sensor with line stripes, lifted blacks.
+    "site-D": Site(
+        size=1.25,
+        magnification=1.15,
+        styles=(
+            NucleiStyle(
+                haematoxylin=(0.80, 0.55, 0.23),
+                eosin=(0.05, 0.55, 0.83),
+                illuminant=(0.92, 0.95, 0.98),
+                haematoxylin_strength=1.1,
+                eosin_strength=0.6,
+                texture_scale=2.5,
+                texture_anisotropy=2.0,
+                texture_angle=-1.0,
+                texture_contrast=0.4,
+                blur=0.3,
+                blur_anisotropy=1.5,
+                blur_angle=1.5,
+                sharpen=0.4,
+                fda=0.8,
+                curve=(0.15, 0.3, 0.55, 0.8, 1.0),
+                gamma=1.1,
+                stripes=0.05,
+                noise=0.06,
+                jitter=1.0,
+            ),
+        ),
     ),
 }
 
-_PROSTATE_STYLES: dict[str, ProstateStyle] = {
-    # Endorectal coil: bright posterior hot spot, sharp, moderately noisy.
-    "site-A": ProstateStyle(
-        slice_spacing=0.15,
-        bias=0.25,
-        coil=1.2,
-        resolution=1.0,
-        noise=0.04,
-        window=(0.0, 1.2),
-        gamma=1.0,
+_PROSTATE_SITES: dict[str, Site] = {
+    # 3 T with an endorectal coil: bright posterior hot spot, sharp, moderately noisy.
+    "site-A": Site(
+        size=1.25,
+        magnification=1.0,
+        slice_thickness=0.15,
+        styles=(
+            ProstateStyle(
+                bias=0.25,
+                coil=1.2,
+                resolution=1.0,
+                blur_anisotropy=1.0,
+                fda=0.0,
+                ghost=0.0,
+                noise=0.04,
+                window=(0.0, 1.2),
+                gamma=1.0,
+                curve=_IDENTITY,
+                jitter=0.8,
+            ),
+        ),
     ),
-    # Endorectal coil, lower resolution, bright curve.
-    "site-B": ProstateStyle(
-        slice_spacing=0.25,
-        bias=0.2,
-        coil=0.8,
-        resolution=1.6,
-        noise=0.03,
-        window=(0.05, 1.0),
-        gamma=0.75,
+    # 1.5 T with an endorectal coil: low resolution, bright curve, noisy.
+    "site-B": Site(
+        size=1.0,
+        magnification=1.2,
+        slice_thickness=0.25,
+        styles=(
+            ProstateStyle(
+                bias=0.2,
+                coil=0.8,
+                resolution=1.8,
+                blur_anisotropy=1.5,
+                fda=0.4,
+                ghost=0.0,
+                noise=0.06,
+                window=(0.05, 1.0),
+                gamma=0.75,
+                curve=(0.0, 0.4, 0.7, 0.9, 1.0),
+                jitter=1.0,
+            ),
+        ),
     ),
-    # Body coil, thick slices, dark high-contrast curve.
-    "site-C": ProstateStyle(
-        slice_spacing=0.4,
-        bias=0.35,
-        coil=0.0,
-        resolution=1.0,
-        noise=0.02,
-        window=(0.1, 0.95),
-        gamma=1.5,
+    # Body coil, thick slices, two protocols pooled (T2 TSE and a darker, clipped one).
+    "site-C": Site(
+        size=0.5,
+        magnification=0.85,
+        slice_thickness=0.4,
+        styles=(
+            ProstateStyle(
+                bias=0.35,
+                coil=0.0,
+                resolution=1.0,
+                blur_anisotropy=1.0,
+                fda=0.3,
+                ghost=0.0,
+                noise=0.03,
+                window=(0.1, 0.95),
+                gamma=1.5,
+                curve=_IDENTITY,
+                jitter=1.0,
+            ),
+            ProstateStyle(
+                bias=0.35,
+                coil=0.0,
+                resolution=1.3,
+                blur_anisotropy=1.0,
+                fda=0.3,
+                ghost=0.0,
+                noise=0.04,
+                window=(0.15, 0.9),
+                gamma=1.0,
+                curve=(0.0, 0.1, 0.3, 0.7, 1.0, 1.0),
+                jitter=1.0,
+            ),
+        ),
     ),
-    # Low resolution and strong noise (1.5 T-like).
-    "site-D": ProstateStyle(
-        slice_spacing=0.3,
-        bias=0.3,
-        coil=0.0,
-        resolution=2.0,
-        noise=0.055,
-        window=(0.0, 1.0),
-        gamma=1.0,
+    # 1.5 T body coil: a third of the resolution, strongly anisotropic, strong noise.
+    "site-D": Site(
+        size=1.5,
+        magnification=0.9,
+        slice_thickness=0.3,
+        styles=(
+            ProstateStyle(
+                bias=0.3,
+                coil=0.0,
+                resolution=3.0,
+                blur_anisotropy=2.0,
+                fda=0.5,
+                ghost=0.0,
+                noise=0.09,
+                window=(0.0, 1.0),
+                gamma=1.0,
+                curve=_IDENTITY,
+                jitter=1.0,
+            ),
+        ),
     ),
-    # Strong bias field, flat washed-out window.
-    "site-E": ProstateStyle(
-        slice_spacing=0.2,
-        bias=0.4,
-        coil=0.0,
-        resolution=1.3,
-        noise=0.03,
-        window=(-0.3, 1.3),
-        gamma=0.85,
+    # Strong bias field, washed-out window, an N/2 ghost (periodic artefact).
+    "site-E": Site(
+        size=0.75,
+        magnification=1.1,
+        slice_thickness=0.2,
+        styles=(
+            ProstateStyle(
+                bias=0.45,
+                coil=0.0,
+                resolution=1.3,
+                blur_anisotropy=1.0,
+                fda=0.6,
+                ghost=0.25,
+                noise=0.04,
+                window=(-0.3, 1.3),
+                gamma=0.85,
+                curve=(0.0, 0.15, 0.5, 0.85, 1.0),
+                jitter=1.2,
+            ),
+        ),
     ),
-    # Clean, high resolution, thin slices, bright window.
-    "site-F": ProstateStyle(
-        slice_spacing=0.12,
-        bias=0.15,
-        coil=0.0,
-        resolution=1.0,
-        noise=0.012,
-        window=(0.0, 0.9),
-        gamma=1.1,
+    # Clean, high resolution, thin slices, bright clipped window.
+    "site-F": Site(
+        size=1.0,
+        magnification=1.0,
+        slice_thickness=0.12,
+        styles=(
+            ProstateStyle(
+                bias=0.15,
+                coil=0.0,
+                resolution=1.0,
+                blur_anisotropy=1.0,
+                fda=0.2,
+                ghost=0.0,
+                noise=0.015,
+                window=(0.0, 0.8),
+                gamma=1.1,
+                curve=(0.0, 0.3, 0.6, 0.9, 1.0, 1.0),
+                jitter=0.6,
+            ),
+        ),
     ),
 }
 
-SYNTHETIC_SITES: dict[str, list[str]] = {
-    "synthetic-nuclei": list(_NUCLEI_STYLES),
-    "synthetic-prostate": list(_PROSTATE_STYLES),
-}
+_SITES = {"synthetic-nuclei": _NUCLEI_SITES, "synthetic-prostate": _PROSTATE_SITES}
+
+SYNTHETIC_SITES: dict[str, list[str]] = {name: list(sites) for name, sites in _SITES.items()}
 """Site names of each synthetic data set, in their canonical order."""
+
+SITE_SIZES: dict[str, dict[str, float]] = {
+    name: {site: spec.size for site, spec in sites.items()} for name, sites in _SITES.items()
+}
+"""Each site's share of ``n_train`` (the shares of a data set average 1)."""
 
 # Content is drawn at this reference size; other image sizes show the same scene at a
 # finer or coarser resolution, so the label distribution does not depend on the size.
 _REFERENCE_SIZE = 64
 _MIN_IMAGE_SIZE = 32
+_MIN_TRAIN = 2
 _SPLITS = ("train", "test")
+
+
+def site_train_count(name: str, site: str, n_train: int) -> int:
+    """Training images of ``site`` for a requested mean of ``n_train`` per site."""
+    return max(_MIN_TRAIN, round(_SITES[name][site].size * n_train))
 
 
 def make_synthetic(
@@ -260,14 +519,16 @@ def make_synthetic(
     """Generate a synthetic multi-site segmentation benchmark.
 
     Every (seed, site, split) has its own random streams, one for the content (masks and
-    anatomy) and one for the style noise, so a site's data does not depend on which other
+    anatomy) and one for the style, so a site's data does not depend on which other
     sites are requested, and train and test are independent draws.
 
     Args:
         name: ``"synthetic-nuclei"`` or ``"synthetic-prostate"`` (see ``SYNTHETIC_SITES``).
         seed: non-negative integer; the same seed gives identical tensors. Default 0.
-        n_train: training images per site. Default 24.
-        n_test: test images per site. Default 12.
+        n_train: mean training images per site; site ``s`` gets
+            ``max(2, round(SITE_SIZES[name][s] · n_train))``. Default 24.
+        n_test: test images per site (equal on every site, so each site's score has the
+            same precision). Default 12.
         image_size: height and width in pixels, at least 32. Default 64.
         sites: names of the sites to generate, in the order wanted; ``None`` (default)
             generates all sites of the data set in canonical order.
@@ -305,25 +566,28 @@ def make_synthetic(
     if len(set(sites)) != len(sites):
         raise ValueError(f"sites must not repeat, got {sites}")
 
-    styles, generate = _GENERATORS[name]
+    generate = _GENERATORS[name]
     dataset_index = list(SYNTHETIC_SITES).index(name)
     result = []
     for site in sites:
         site_index = valid_sites.index(site)
+        spec = _SITES[name][site]
+        counts = (site_train_count(name, site, n_train), n_test)
+        reference = _site_reference(dataset_index, site_index, image_size)
         splits = {}
-        for split_index, (split, count) in enumerate(zip(_SPLITS, (n_train, n_test), strict=True)):
+        for split_index, (split, count) in enumerate(zip(_SPLITS, counts, strict=True)):
             content_gen, style_gen = (
                 _generator(seed, dataset_index, site_index, split_index, stream)
                 for stream in range(2)
             )
-            images, masks = generate(content_gen, style_gen, count, image_size, styles[site])
+            images, masks = generate(content_gen, style_gen, count, image_size, spec, reference)
             splits[split] = TensorDataset(images, masks)
         result.append(SiteData(name=site, **splits))
     return result
 
 
 # --------------------------------------------------------------------------------------
-# Shared helpers: seeding and frequency-domain filters
+# Shared helpers: seeding, filters, intensity curves, FDA, sub-styles and blobs
 # --------------------------------------------------------------------------------------
 
 
@@ -389,53 +653,117 @@ def _uniform(gen: torch.Generator, shape: tuple[int, ...], low: float, high: flo
     return low + (high - low) * torch.rand(shape, generator=gen)
 
 
-# --------------------------------------------------------------------------------------
-# synthetic-nuclei
-# --------------------------------------------------------------------------------------
-
-_NUCLEI_MEAN_COUNT = 22.0  # nuclei per image
-_NUCLEI_MAX_COUNT = 48
-_NUCLEUS_RADIUS = (2.3, 4.0)  # mean semi-axis range, reference pixels
-_NUCLEUS_ELONGATION = (1.0, 1.8)  # long over short axis
-_NUCLEUS_WOBBLE = 0.08  # std of the 2nd and 3rd harmonic of the outline radius
-_SPECTRUM_CUTOFF = 6.0  # f0 of the spectrum profile, cycles per image
+def _lognormal(gen: torch.Generator, shape: tuple[int, ...], sigma) -> torch.Tensor:
+    """``exp(sigma · N(0, 1))``: a positive factor around 1 (``sigma`` may be a tensor)."""
+    return torch.exp(sigma * torch.randn(shape, generator=gen))
 
 
-def _nuclei_content(gen: torch.Generator, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shared label process: nuclei masks and their hematoxylin density.
+def _piecewise(x: torch.Tensor, curve: Curve) -> torch.Tensor:
+    """Apply a monotone piecewise-linear curve (levels at equally spaced inputs) to ``x``."""
+    levels = torch.tensor(curve, dtype=x.dtype)
+    position = x.clamp(0, 1) * (len(curve) - 1)
+    low = position.floor().clamp(max=len(curve) - 2).long()
+    fraction = position - low
+    return levels[low] + fraction * (levels[low + 1] - levels[low])
 
-    Each image has a Poisson number of nuclei at uniform positions; a nucleus is an
-    ellipse with a random size, elongation and orientation whose outline radius is
-    perturbed by random 2nd and 3rd harmonics. Nuclei are rasterised in small patches and
-    merged with a scatter-max of their signed distance.
+
+# The site reference spectrum (FDA): its low frequencies, up to this radius in cycles per
+# image, are blended into every image of the site.
+_FDA_RADIUS = 5.0
+
+
+def _site_reference(dataset_index: int, site_index: int, size: int) -> torch.Tensor:
+    """``[3, S, S]`` amplitude spectrum of a site's reference image (fixed per site).
+
+    The reference is a smooth random colour field, the same for every seed: the site's
+    low-frequency signature, as an FDA target image is.
+    """
+    gen = _generator(0, dataset_index, site_index, 7)
+    sigma = _uniform(gen, (1,), 0.04, 0.1).item() * size
+    field = _random_field(gen, (3, size, size), sigma)
+    gain = _uniform(gen, (3, 1, 1), 0.03, 0.08)
+    return torch.fft.fft2(gain * field).abs()
+
+
+def _fda(images: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Blend the low-frequency amplitude of ``images [n, C, S, S]`` with ``reference``.
+
+    ``|F|`` becomes ``(1 − w)|F| + w |F_ref|`` inside a disc of radius ``_FDA_RADIUS``
+    cycles per image (DC excluded: the mean stays), with each image's own phase; ``weight``
+    is ``[n, 1, 1, 1]``.
+    """
+    size = images.shape[-1]
+    fy, fx = _frequencies(size)
+    disc = (torch.sqrt(fy**2 + fx**2) * size <= _FDA_RADIUS).to(images.dtype)
+    disc[0, 0] = 0
+    spectrum = torch.fft.fft2(images)
+    amplitude = spectrum.abs()
+    blended = amplitude + weight * disc * (reference[: images.shape[1]] - amplitude)
+    phase = torch.polar(torch.ones_like(amplitude), spectrum.angle())
+    return torch.fft.ifft2(blended * phase).real
+
+
+def _choose(gen: torch.Generator, n: int, site: Site) -> torch.Tensor:
+    """Which of the site's sub-styles each of ``n`` images uses, ``[n]`` int64."""
+    if len(site.styles) == 1:
+        return torch.zeros(n, dtype=torch.long)
+    mix = torch.tensor(site.mix or [1.0] * len(site.styles))
+    return torch.multinomial(mix, n, replacement=True, generator=gen)
+
+
+def _per_image(styles: tuple, choice: torch.Tensor, field: str) -> torch.Tensor:
+    """``[n, ...]``: a style attribute of each image's sub-style."""
+    table = torch.tensor([getattr(style, field) for style in styles], dtype=torch.float32)
+    return table[choice]
+
+
+def _blobs(
+    gen: torch.Generator,
+    n: int,
+    size: int,
+    centre: torch.Tensor,
+    active: torch.Tensor,
+    radius: torch.Tensor,
+    elongation: tuple[float, float],
+    wobble: float,
+    softness: float,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rasterise star-shaped blobs: ellipses whose outline radius has random 2nd and 3rd
+    harmonics, in small patches merged with a scatter-max.
+
+    Args:
+        gen: random stream (orientation, elongation, outline).
+        n: images.
+        size: image size S.
+        centre: ``[n, k, 2]`` blob centres (y, x) in pixels.
+        active: ``[n, k]`` which blobs exist.
+        radius: ``[n, k]`` mean semi-axis in pixels.
+        elongation: range of long over short axis.
+        wobble: std of the outline harmonics.
+        softness: edge width in pixels of the soft coverage.
+        weight: ``[n, k]`` height of each blob's coverage (default 1).
 
     Returns:
-        ``mask`` int64 ``[n, S, S]`` and ``density`` float32 ``[n, S, S]`` (about 1 inside
-        nuclei, 0 outside, with chromatin texture and soft edges).
+        ``distance [n, S, S]``, the largest signed distance into any blob in pixels (the
+        mask is ``distance > 0``), and ``coverage [n, S, S]``, the soft indicator times
+        the blob's weight, max over blobs.
     """
-    scale = size / _REFERENCE_SIZE
-    k = _NUCLEI_MAX_COUNT
-    count = torch.poisson(torch.full((n, 1), _NUCLEI_MEAN_COUNT), generator=gen)
-    active = torch.arange(k) < count  # [n, k]
-    centre = torch.rand(n, k, 2, generator=gen) * size
-    radius = _uniform(gen, (n, k), *_NUCLEUS_RADIUS) * scale
-    elongation = _uniform(gen, (n, k), *_NUCLEUS_ELONGATION).sqrt()
+    k = centre.shape[1]
+    stretch = _uniform(gen, (n, k), *elongation).sqrt()
     angle = torch.rand(n, k, generator=gen) * math.pi
-    harmonics = (_NUCLEUS_WOBBLE * torch.randn(n, k, 2, generator=gen)).clamp(-0.2, 0.2)
+    harmonics = (wobble * torch.randn(n, k, 2, generator=gen)).clamp(-0.25, 0.25)
     phase = torch.rand(n, k, 2, generator=gen) * 2 * math.pi
-    darkness = _uniform(gen, (n, k), 0.75, 1.15)
-    chromatin = _random_field(gen, (n, size, size), 0.6 * scale)
 
-    # Patch large enough for the longest semi-axis with the largest perturbation.
-    half = math.ceil(_NUCLEUS_RADIUS[1] * math.sqrt(_NUCLEUS_ELONGATION[1]) * 1.4 * scale)
+    half = math.ceil(float(radius.max()) * math.sqrt(elongation[1]) * 1.4) + 1
     offsets = torch.arange(-half, half + 1, dtype=torch.float32)
     py = centre[..., 0, None, None].floor() + offsets[:, None]  # [n, k, P, 1]
     px = centre[..., 1, None, None].floor() + offsets[None, :]  # [n, k, 1, P]
     dy = py + 0.5 - centre[..., 0, None, None]
     dx = px + 0.5 - centre[..., 1, None, None]
     cos, sin = angle.cos()[..., None, None], angle.sin()[..., None, None]
-    long_axis = (radius * elongation)[..., None, None]
-    short_axis = (radius / elongation)[..., None, None]
+    long_axis = (radius * stretch)[..., None, None]
+    short_axis = (radius / stretch)[..., None, None]
     u = (dx * cos + dy * sin) / long_axis
     v = (-dx * sin + dy * cos) / short_axis
     theta = torch.atan2(v, u)
@@ -451,13 +779,130 @@ def _nuclei_content(gen: torch.Generator, n: int, size: int) -> tuple[torch.Tens
     index = (batch + py.clamp(0, size - 1) * size + px.clamp(0, size - 1)).long()
     index = index.expand_as(distance).reshape(-1)
     distance = torch.where(valid, distance, torch.tensor(-1e3)).reshape(-1)
-    edge = torch.sigmoid(distance / (0.5 * scale))
     best = torch.full((n * size * size,), -1e3).scatter_reduce(0, index, distance, "amax")
-    weighted = darkness[..., None, None].expand_as(valid).reshape(-1) * edge
-    density = torch.zeros(n * size * size).scatter_reduce(0, index, weighted, "amax")
-    mask = (best > 0).long().view(n, size, size)
-    density = density.view(n, size, size) * (1 + 0.2 * chromatin)
-    return mask, density.clamp(min=0)
+    edge = torch.sigmoid(distance / softness)
+    if weight is not None:
+        edge = edge * weight[..., None, None].expand(n, k, 2 * half + 1, 2 * half + 1).reshape(-1)
+    coverage = torch.zeros(n * size * size).scatter_reduce(0, index, edge, "amax")
+    return best.view(n, size, size), coverage.view(n, size, size)
+
+
+def _mtf(size: int, sigma: torch.Tensor, anisotropy: torch.Tensor, angle: torch.Tensor):
+    """``[n, 1, S, S]`` transfer functions of per-image elongated Gaussian blurs.
+
+    ``sigma`` (pixels, along ``angle``), ``anisotropy`` (along over across) and ``angle``
+    (radians) are ``[n]``; see :func:`_gaussian_transfer` for one kernel.
+    """
+    fy, fx = _frequencies(size)
+    sigma, anisotropy, angle = (t.view(-1, 1, 1, 1) for t in (sigma, anisotropy, angle))
+    along = fx * angle.cos() + fy * angle.sin()
+    across = -fx * angle.sin() + fy * angle.cos()
+    return torch.exp(-2 * math.pi**2 * sigma**2 * (along**2 + (across / anisotropy) ** 2))
+
+
+# --------------------------------------------------------------------------------------
+# synthetic-nuclei
+# --------------------------------------------------------------------------------------
+
+# The content process, in reference pixels of a 64-pixel image at magnification 1.
+_NUCLEI_PER_IMAGE = 22.0
+_NUCLEUS_RADIUS = (1.8, 4.5)  # mean semi-axis range
+_NUCLEUS_ELONGATION = (1.0, 2.0)  # long over short axis
+_NUCLEUS_WOBBLE = 0.1  # std of the 2nd and 3rd harmonic of the outline radius
+_CLUSTERS = 3  # nuclei crowd around this many points per image...
+_CLUSTERED = 0.5  # ...with this probability each,
+_CLUSTER_SPREAD = 5.0  # at this distance (std)
+_RED_CELLS_PER_IMAGE = 4.0  # unlabelled distractors: round, eosin-dense
+_RED_CELL_RADIUS = (2.0, 2.8)
+_DEBRIS_PER_IMAGE = 6.0  # unlabelled distractors: small, irregular, hematoxylin-dark
+_DEBRIS_RADIUS = (0.7, 1.6)
+_FOLD_PROBABILITY = 0.35  # a tissue fold: a band where the section lies double
+_FOLD_WIDTH = (2.5, 6.0)
+_SHARPEN_CUTOFF = 0.12  # cycles per pixel where the sharpening gain has risen to 63 %
+_STRIPE_PERIOD = 4.0  # reference pixels
+
+
+def _counts(gen: torch.Generator, n: int, mean: float) -> tuple[torch.Tensor, int]:
+    """Poisson counts per image as an ``[n, k]`` activity mask, and k (the cap)."""
+    k = max(4, math.ceil(mean + 4 * math.sqrt(mean)))
+    count = torch.poisson(torch.full((n, 1), mean), generator=gen)
+    return torch.arange(k) < count, k
+
+
+def _nuclei_content(gen: torch.Generator, n: int, size: int, magnification: float) -> dict:
+    """The shared label process, seen at one site's magnification.
+
+    Nuclei of varied size and shape, half of them crowded around a few points so that
+    they touch and overlap, and unlabelled distractors: red blood cells, debris and, in
+    some images, a tissue fold. A field of view holds ``1 / magnification²`` as much
+    tissue as at magnification 1, so the content per unit of tissue is the same at
+    every site.
+
+    Returns:
+        ``mask`` int64 ``[n, S, S]`` and the densities ``nuclei``, ``red_cells``,
+        ``debris`` and ``fold``, float32 ``[n, S, S]``.
+    """
+    scale = size / _REFERENCE_SIZE * magnification
+    area = 1 / magnification**2
+
+    active, k = _counts(gen, n, _NUCLEI_PER_IMAGE * area)
+    hubs = torch.rand(n, 1, _CLUSTERS, 2, generator=gen) * size
+    hub = hubs[
+        torch.arange(n)[:, None], 0, torch.randint(_CLUSTERS, (n, k), generator=gen)
+    ]  # [n, k, 2]
+    near = hub + _CLUSTER_SPREAD * scale * torch.randn(n, k, 2, generator=gen)
+    anywhere = torch.rand(n, k, 2, generator=gen) * size
+    clustered = torch.rand(n, k, 1, generator=gen) < _CLUSTERED
+    centre = torch.where(clustered, near, anywhere).clamp(0, size - 1e-3)
+    radius = _uniform(gen, (n, k), *_NUCLEUS_RADIUS) * scale
+    darkness = _uniform(gen, (n, k), 0.7, 1.2)
+    distance, nuclei = _blobs(
+        gen,
+        n,
+        size,
+        centre,
+        active,
+        radius,
+        _NUCLEUS_ELONGATION,
+        _NUCLEUS_WOBBLE,
+        0.5 * scale,
+        darkness,
+    )
+    chromatin = _random_field(gen, (n, size, size), 0.6 * scale)
+
+    active, k = _counts(gen, n, _RED_CELLS_PER_IMAGE * area)
+    centre = torch.rand(n, k, 2, generator=gen) * size
+    radius = _uniform(gen, (n, k), *_RED_CELL_RADIUS) * scale
+    _, red_cells = _blobs(gen, n, size, centre, active, radius, (1.0, 1.2), 0.03, 0.4 * scale)
+
+    active, k = _counts(gen, n, _DEBRIS_PER_IMAGE * area)
+    centre = torch.rand(n, k, 2, generator=gen) * size
+    radius = _uniform(gen, (n, k), *_DEBRIS_RADIUS) * scale
+    darkness = _uniform(gen, (n, k), 0.8, 1.5)
+    _, debris = _blobs(gen, n, size, centre, active, radius, (1.0, 2.5), 0.2, 0.3 * scale, darkness)
+
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    angle = torch.rand(n, 1, 1, generator=gen) * math.pi
+    offset = torch.rand(n, 1, 1, generator=gen) * size
+    width = _uniform(gen, (n, 1, 1), *_FOLD_WIDTH) * scale
+    across = coords[None, :, None] * angle.cos() + coords[None, None, :] * angle.sin()
+    band = torch.sigmoid((width / 2 - (across - offset).abs()) / (0.5 * scale))
+    fold = band * (torch.rand(n, 1, 1, generator=gen) < _FOLD_PROBABILITY)
+
+    return {
+        "mask": (distance > 0).long(),
+        "nuclei": nuclei * (1 + 0.2 * chromatin).clamp(min=0),
+        "red_cells": red_cells,
+        "debris": debris,
+        "fold": fold,
+    }
+
+
+def _stain_vectors(gen: torch.Generator, styles, choice, field: str, spread: torch.Tensor):
+    """``[n, 3]`` per-image stain OD vectors: the sub-style's, perturbed, unit length."""
+    base = _per_image(styles, choice, field)
+    vectors = (base + spread[:, None] * torch.randn(base.shape, generator=gen)).abs()
+    return vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-6)
 
 
 def _render_nuclei(
@@ -465,53 +910,96 @@ def _render_nuclei(
     style_gen: torch.Generator,
     n: int,
     size: int,
-    style: NucleiStyle,
+    site: Site,
+    reference: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render ``n`` nuclei images of one site: Beer-Lambert H&E, then the site's optics.
+    """Render ``n`` nuclei images of one site.
 
-    ``OD = h · H + e · E`` with hematoxylin density ``h`` (nuclei plus a faint background)
-    and eosin density ``e`` (textured stroma, displaced by nuclei); ``RGB = I0 · exp(-OD)``;
-    then the amplitude-spectrum profile and the blur (one zero-phase filter), the gamma
-    curve and the noise.
+    Each image draws a sub-style and its own style around it. ``OD = h · H + e · E`` with
+    hematoxylin density ``h`` (nuclei, debris, a faint background, doubled on folds) and
+    eosin density ``e`` (textured stroma displaced by nuclei, red blood cells);
+    ``RGB = I0 · exp(-OD)``; then the MTF and the sharpening (one zero-phase filter), the
+    FDA blend with the site reference, per-channel gain and offset, gamma, the site curve,
+    stripes and noise.
     """
-    mask, nuclei = _nuclei_content(content_gen, n, size)
-    scale = size / _REFERENCE_SIZE
-    texture = _random_field(
-        style_gen,
-        (n, size, size),
-        style.texture_scale * scale,
-        style.texture_anisotropy,
-        style.texture_angle,
+    content = _nuclei_content(content_gen, n, size, site.magnification)
+    styles = site.styles
+    choice = _choose(style_gen, n, site)
+    value = {
+        field: _per_image(styles, choice, field)
+        for field in (
+            "haematoxylin_strength", "eosin_strength", "texture_scale", "texture_anisotropy",
+            "texture_angle", "texture_contrast", "blur", "blur_anisotropy", "blur_angle",
+            "sharpen", "fda", "gamma", "stripes", "noise", "jitter",
+        )
+    }  # fmt: skip
+    jitter = value["jitter"]
+    scale = size / _REFERENCE_SIZE * site.magnification
+
+    texture = torch.stack(
+        [
+            _random_field(
+                style_gen,
+                (1, size, size),
+                float(value["texture_scale"][i]) * scale,
+                float(value["texture_anisotropy"][i]),
+                float(value["texture_angle"][i]),
+            )[0]
+            for i in range(n)
+        ]
     )
-    # Stain uptake varies a little from slide to slide within a site.
-    uptake = torch.exp(0.1 * torch.randn(n, 2, 1, 1, generator=style_gen))
-    haematoxylin = style.haematoxylin_strength * uptake[:, 0] * (nuclei + 0.08 + 0.04 * texture)
-    eosin = (
-        style.eosin_strength
-        * uptake[:, 1]
-        * (1 + style.texture_contrast * texture).clamp(min=0.05)
+    h_vector = _stain_vectors(style_gen, styles, choice, "haematoxylin", 0.08 * jitter)
+    e_vector = _stain_vectors(style_gen, styles, choice, "eosin", 0.08 * jitter)
+    strength = _lognormal(style_gen, (n, 2), 0.2 * jitter[:, None])
+    illuminant = _per_image(styles, choice, "illuminant") * _lognormal(
+        style_gen, (n, 3), 0.03 * jitter[:, None]
+    )
+    nuclei, fold = content["nuclei"], content["fold"]
+    h = (value["haematoxylin_strength"] * strength[:, 0])[:, None, None] * (
+        nuclei + content["debris"] + (0.08 + 0.04 * texture) * (1 + fold)
+    )
+    e = (value["eosin_strength"] * strength[:, 1])[:, None, None] * (
+        (1 + value["texture_contrast"][:, None, None] * texture).clamp(min=0.05)
         * (1 - 0.6 * nuclei.clamp(max=1))
+        * (1 + 0.8 * fold)
+    ) + 2.0 * content["red_cells"]
+    optical_density = (
+        h[:, None] * h_vector[..., None, None] + e[:, None] * e_vector[..., None, None]
     )
-    stains = torch.tensor([style.haematoxylin, style.eosin])  # [2, 3]
-    density = torch.stack([haematoxylin, eosin], dim=1)  # [n, 2, S, S]
-    optical_density = torch.einsum("nkhw,kc->nchw", density, stains)
-    rgb = torch.tensor(style.illuminant)[:, None, None] * torch.exp(-optical_density)
+    rgb = illuminant.clamp(max=1)[..., None, None] * torch.exp(-optical_density)
 
     fy, fx = _frequencies(size)
-    cycles_per_image = torch.sqrt(fy**2 + fx**2) * size
-    low = torch.exp(-((cycles_per_image / _SPECTRUM_CUTOFF) ** 2))
-    low[0, 0] = 0  # keep each channel's mean
-    profile = 1 + torch.tensor(style.spectrum_gain)[:, None, None] * low  # [3, S, S]
-    rgb = _filter(rgb, profile * _gaussian_transfer(size, style.blur * scale))
+    radius = torch.sqrt(fy**2 + fx**2) * _REFERENCE_SIZE / size  # per reference pixel
+    high = 1 - torch.exp(-((radius / _SHARPEN_CUTOFF) ** 2))
+    blur = value["blur"] * _lognormal(style_gen, (n,), 0.25 * jitter) * scale
+    transfer = _mtf(size, blur, value["blur_anisotropy"], value["blur_angle"])
+    transfer = transfer * (1 + value["sharpen"].view(-1, 1, 1, 1) * high)
+    rgb = _filter(rgb, transfer)
+    weight = (value["fda"] * _lognormal(style_gen, (n,), 0.3 * jitter)).clamp(max=1)
+    rgb = _fda(rgb, reference, weight.view(-1, 1, 1, 1))
 
-    rgb = rgb.clamp(1e-4, 1) ** style.gamma
-    rgb = rgb + style.noise * torch.randn(rgb.shape, generator=style_gen)
-    return rgb.clamp(0, 1).float(), mask
+    gain = _lognormal(style_gen, (n, 3), 0.1 * jitter[:, None])[..., None, None]
+    offset = 0.03 * jitter.view(-1, 1, 1, 1) * torch.randn(n, 3, 1, 1, generator=style_gen)
+    gamma = value["gamma"] * _lognormal(style_gen, (n,), 0.12 * jitter)
+    rgb = (gain * rgb + offset).clamp(1e-4, 1) ** gamma.view(-1, 1, 1, 1)
+    for index, style in enumerate(styles):
+        chosen = choice == index
+        rgb[chosen] = _piecewise(rgb[chosen], style.curve)
+
+    rows = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1)
+    phase = torch.rand(n, 1, 1, 1, generator=style_gen) * 2 * math.pi
+    stripes = torch.sin(2 * math.pi * rows / (_STRIPE_PERIOD * scale) + phase)
+    rgb = rgb + value["stripes"].view(-1, 1, 1, 1) * stripes
+    noise = value["noise"] * _lognormal(style_gen, (n,), 0.3 * jitter)
+    rgb = rgb + noise.view(-1, 1, 1, 1) * torch.randn(rgb.shape, generator=style_gen)
+    return rgb.clamp(0, 1).float(), content["mask"]
 
 
 # --------------------------------------------------------------------------------------
 # synthetic-prostate
 # --------------------------------------------------------------------------------------
+
+_APEX_TO_BASE = 0.85  # centre slices are drawn in |z| <= this (1: the gland's tip)
 
 
 def _ellipse(x: torch.Tensor, y: torch.Tensor, cx, cy, ax, ay, softness: float) -> torch.Tensor:
@@ -521,44 +1009,47 @@ def _ellipse(x: torch.Tensor, y: torch.Tensor, cx, cy, ax, ay, softness: float) 
 
 
 def _prostate_content(
-    gen: torch.Generator, n: int, size: int, slice_spacing: float
+    gen: torch.Generator, n: int, size: int, magnification: float, thickness: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The shared label process: a 3-D gland and the anatomy around it.
+    """The shared label process, seen with one site's field of view and slice thickness.
 
     The gland is the set ``ρ(p) < R(p / |p|)`` with ``ρ`` the ellipsoidal radius of the
-    point ``p`` (random centre, semi-axes and in-plane rotation) and ``R(u) = 1 + w·u +
-    uᵀQu`` a smooth random radius over directions; axial positions are in units of the
-    cranio-caudal semi-axis. A random axial position is the centre slice (always cutting
-    the gland); the other two slices lie ``slice_spacing`` above and below. Around
-    it: T2-like periprostatic fat, obturator muscles, rectum and, on cranial slices, the
-    bladder. The random draws do not depend on ``slice_spacing``.
+    point ``p`` (random centre, size and in-plane rotation) and ``R(u) = 1 + w·u + uᵀQu``
+    a smooth random radius over directions; axial positions are in units of the
+    cranio-caudal semi-axis. The centre slice lies anywhere from apex to base, so small
+    cross-sections are common; the other two slices lie ``thickness`` above and below,
+    and the gland's edge softens with the thickness (through-plane partial volume).
+    Around it: T2-like periprostatic fat, obturator muscles, rectum, seminal vesicles on
+    basal slices and the bladder on cranial ones. The random draws do not depend on the
+    site.
 
     Returns:
         ``image`` float32 ``[n, 3, S, S]`` (T2-like signal, about [0, 1]), ``mask``
         int64 ``[n, S, S]`` (centre slice) and ``rectum_y`` ``[n, 1, 1, 1]`` (the rectum's
         vertical position, where an endorectal coil sits).
     """
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    coords = ((torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1) / magnification
     y = coords.view(1, 1, size, 1)
     x = coords.view(1, 1, 1, size)
     column = (n, 1, 1, 1)
 
-    centre_x = 0.05 * torch.randn(column, generator=gen)
-    centre_y = -0.05 + 0.06 * torch.randn(column, generator=gen)
-    semi_x = _uniform(gen, column, 0.36, 0.50)
-    semi_y = _uniform(gen, column, 0.26, 0.38)
-    rotation = 0.15 * torch.randn(column, generator=gen)
+    centre_x = 0.1 * torch.randn(column, generator=gen)
+    centre_y = -0.05 + 0.1 * torch.randn(column, generator=gen)
+    semi_x = _uniform(gen, column, 0.24, 0.5)
+    semi_y = semi_x * _uniform(gen, column, 0.65, 0.85)
+    rotation = 0.2 * torch.randn(column, generator=gen)
     linear = 0.08 * torch.randn(n, 3, generator=gen)
     quadratic = 0.06 * torch.randn(n, 3, 3, generator=gen)
     quadratic = (quadratic + quadratic.transpose(1, 2)) / 2
-    centre_z = _uniform(gen, column, -0.6, 0.6)
+    centre_z = _uniform(gen, column, -_APEX_TO_BASE, _APEX_TO_BASE)
     gland_texture = _random_field(gen, (n, 1, size, size), 0.025 * size)
+    nodules = _random_field(gen, (n, 1, size, size), 0.06 * size)
     tissue = _random_field(gen, (n, 1, size, size), 0.08 * size)
     fat_field = _random_field(gen, (n, 1, size, size), 0.06 * size)
-    muscle_gap = _uniform(gen, column, 0.72, 0.85)
-    rectum_gap = _uniform(gen, column, 0.12, 0.2)
+    muscle_gap = _uniform(gen, column, 0.62, 0.8)
+    rectum_gap = _uniform(gen, column, 0.08, 0.18)
 
-    z = centre_z + slice_spacing * torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    z = centre_z + thickness * torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
     cos, sin = rotation.cos(), rotation.sin()
     px = ((x - centre_x) * cos + (y - centre_y) * sin) / semi_x
     py = (-(x - centre_x) * sin + (y - centre_y) * cos) / semi_y
@@ -571,22 +1062,31 @@ def _prostate_content(
         + torch.einsum("cnshw,ncd,dnshw->nshw", direction, quadratic, direction)
     )
     radial = rho / outline  # < 1 inside the gland
-    gland = torch.sigmoid((1 - radial) / 0.04)
+    gland = torch.sigmoid((1 - radial) / (0.04 + 0.3 * thickness))
 
-    # Peripheral zone: the posterior outer shell, brighter than the central gland.
+    # Peripheral zone: the posterior outer shell, brighter than the transition zone, whose
+    # hyperplasia nodules make the central gland as dark as muscle in places.
     peripheral = torch.sigmoid((radial - 0.6) / 0.06) * torch.sigmoid(py / 0.3)
-    gland_intensity = 0.38 + 0.26 * peripheral + 0.05 * gland_texture
-    capsule = 0.15 * torch.exp(-(((radial - 1) / 0.07) ** 2))
+    gland_intensity = 0.34 + 0.26 * peripheral + 0.05 * gland_texture - 0.08 * nodules
+    capsule = 0.12 * torch.exp(-(((radial - 1) / 0.07) ** 2))
 
-    rectum_y = centre_y + semi_y + rectum_gap + 0.17
+    rectum_y = centre_y + semi_y + rectum_gap + 0.15
     fat = torch.sigmoid((fat_field + 0.3) / 0.4)
-    background = 0.4 + 0.05 * tissue + 0.25 * fat
-    muscles = _ellipse(x, y, -muscle_gap, 0.05, 0.22, 0.55, 0.1) + _ellipse(
-        x, y, muscle_gap, 0.05, 0.22, 0.55, 0.1
+    background = 0.4 + 0.06 * tissue + 0.25 * fat
+    muscles = _ellipse(x, y, centre_x - muscle_gap, 0.05, 0.2, 0.55, 0.1) + _ellipse(
+        x, y, centre_x + muscle_gap, 0.05, 0.2, 0.55, 0.1
     )
-    background = background * (1 - 0.55 * muscles.clamp(max=1))
-    rectum = _ellipse(x, y, centre_x, rectum_y, 0.26, 0.17, 0.08)
-    background = background * (1 - 0.6 * rectum)
+    background = background * (1 - 0.5 * muscles.clamp(max=1))
+    rectum = _ellipse(x, y, centre_x, rectum_y, 0.24, 0.15, 0.08)
+    background = background * (1 - 0.55 * rectum)
+    # Seminal vesicles: bright paired structures behind the base of the gland.
+    vesicle_y = centre_y + 0.6 * semi_y
+    vesicles = sum(
+        _ellipse(x, y, centre_x + side * 0.55 * semi_x, vesicle_y, 0.3 * semi_x, 0.12, 0.1)
+        for side in (-1, 1)
+    )
+    vesicles = vesicles.clamp(max=1) * torch.sigmoid((z - 0.45) / 0.1)
+    background = background + (0.75 - background) * vesicles
     # The bladder shows on cranial slices only: its size grows with the slice position.
     bladder_radius = 0.15 + 0.35 * torch.sigmoid(3 * z)
     bladder = _ellipse(
@@ -604,36 +1104,68 @@ def _render_prostate(
     style_gen: torch.Generator,
     n: int,
     size: int,
-    style: ProstateStyle,
+    site: Site,
+    reference: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Acquire ``n`` 3-slice images of one site.
 
-    The anatomy is multiplied by the bias field (a smooth random log-field plus the coil
-    hot spot around the rectum), averaged down to the acquisition resolution, given
-    Rician noise ``|I + σ(n₁ + i n₂)|``, upsampled bilinearly, then windowed and passed
-    through the gamma curve.
+    Each image draws a sub-style and its own style around it. The anatomy is multiplied
+    by a bias field (a smooth random log-field plus the coil hot spot around the
+    rectum), averaged down to the acquisition grid (coarser along the phase-encoding
+    axis where the site is anisotropic), given Rician noise ``|I + σ(n₁ + i n₂)|``,
+    upsampled bilinearly; then the N/2 ghost, the FDA blend with the site reference, the
+    gain and window, the gamma and the site curve.
     """
-    image, mask, rectum_y = _prostate_content(content_gen, n, size, style.slice_spacing)
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    image, mask, rectum_y = _prostate_content(
+        content_gen, n, size, site.magnification, site.slice_thickness
+    )
+    styles = site.styles
+    choice = _choose(style_gen, n, site)
+    jitter = _per_image(styles, choice, "jitter").view(-1, 1, 1, 1)
+    coords = ((torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1) / site.magnification
     y, x = coords.view(1, 1, size, 1), coords.view(1, 1, 1, size)
-    log_bias = style.bias * _random_field(style_gen, (n, 1, size, size), 0.35 * size)
-    coil = style.coil * torch.exp(-(x**2 + (y - rectum_y) ** 2) / 0.15)
-    image = image * torch.exp(log_bias) * (1 + coil)
+    bias = _per_image(styles, choice, "bias").view(-1, 1, 1, 1)
+    log_bias = bias * _random_field(style_gen, (n, 1, size, size), 0.35 * size)
+    coil = _per_image(styles, choice, "coil").view(-1, 1, 1, 1)
+    image = (
+        image * torch.exp(log_bias) * (1 + coil * torch.exp(-(x**2 + (y - rectum_y) ** 2) / 0.15))
+    )
 
-    acquired = round(size / style.resolution)
-    low = F.interpolate(image, size=(acquired, acquired), mode="area")
-    real, imaginary = style.noise * torch.randn((2, *low.shape), generator=style_gen)
-    low = torch.sqrt((low + real) ** 2 + imaginary**2)
-    image = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    noise = _per_image(styles, choice, "noise").view(-1, 1, 1, 1)
+    noise = noise * _lognormal(style_gen, (n, 1, 1, 1), 0.3 * jitter)
+    out = torch.empty_like(image)
+    for index, style in enumerate(styles):
+        chosen = choice == index
+        if not chosen.any():
+            continue
+        width = round(size / style.resolution)
+        height = round(size / (style.resolution * style.blur_anisotropy))
+        low = F.interpolate(image[chosen], size=(height, width), mode="area")
+        real, imaginary = noise[chosen] * torch.randn((2, *low.shape), generator=style_gen)
+        low = torch.sqrt((low + real) ** 2 + imaginary**2)
+        out[chosen] = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    image = out
+
+    ghost = _per_image(styles, choice, "ghost").view(-1, 1, 1, 1)
+    image = image + ghost * torch.roll(image, size // 2, dims=-2)
+    fda = _per_image(styles, choice, "fda") * _lognormal(style_gen, (n,), 0.3 * jitter.view(-1))
+    image = _fda(image, reference[:1].expand(3, -1, -1), fda.clamp(max=1).view(-1, 1, 1, 1))
 
     # Scanners rescale intensities differently from one exam to the next.
-    gain = torch.exp(0.08 * torch.randn(n, 1, 1, 1, generator=style_gen))
-    low_level, high_level = style.window
-    image = ((gain * image - low_level) / (high_level - low_level)).clamp(0, 1) ** style.gamma
+    gain = _lognormal(style_gen, (n, 1, 1, 1), 0.12 * jitter)
+    window = _per_image(styles, choice, "window").view(-1, 2, 1, 1)
+    low_level = window[:, :1] + 0.05 * jitter * torch.randn(n, 1, 1, 1, generator=style_gen)
+    high_level = window[:, 1:]
+    gamma = _per_image(styles, choice, "gamma").view(-1, 1, 1, 1)
+    gamma = gamma * _lognormal(style_gen, (n, 1, 1, 1), 0.15 * jitter)
+    image = ((gain * image - low_level) / (high_level - low_level)).clamp(0, 1) ** gamma
+    for index, style in enumerate(styles):
+        chosen = choice == index
+        image[chosen] = _piecewise(image[chosen], style.curve)
     return image.float(), mask
 
 
 _GENERATORS = {
-    "synthetic-nuclei": (_NUCLEI_STYLES, _render_nuclei),
-    "synthetic-prostate": (_PROSTATE_STYLES, _render_prostate),
+    "synthetic-nuclei": _render_nuclei,
+    "synthetic-prostate": _render_prostate,
 }

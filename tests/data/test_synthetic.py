@@ -1,17 +1,21 @@
-"""The synthetic multi-site benchmarks: determinism, format, shared labels, distinct styles."""
+"""The synthetic multi-site benchmarks: determinism, format, shared labels, distinct styles,
+style that varies within a site, and no shortcut that colour or position alone gives."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage, stats
+from scipy import ndimage
 
-from fedbcs_fl.data import synthetic
+from fedbcs_fl.config import RunConfig
+from fedbcs_fl.data import load_sites, synthetic
 from fedbcs_fl.data.plots import save_site_grid
-from fedbcs_fl.data.synthetic import SYNTHETIC_SITES, make_synthetic
+from fedbcs_fl.data.synthetic import SITE_SIZES, SYNTHETIC_SITES, make_synthetic
 
 DATASETS = list(SYNTHETIC_SITES)
 
@@ -68,7 +72,7 @@ def test_shapes_dtypes_and_ranges(name, image_size):
     sites = make_synthetic(name, n_train=5, n_test=3, image_size=image_size)
     assert [site.name for site in sites] == SYNTHETIC_SITES[name]
     for site in sites:
-        assert len(site.train) == 5
+        assert len(site.train) == max(2, round(5 * SITE_SIZES[name][site.name]))
         assert len(site.test) == 3
         assert site.val is None
         image, mask = site.train[0]
@@ -83,12 +87,17 @@ def test_shapes_dtypes_and_ranges(name, image_size):
             assert set(masks.unique().tolist()) == {0, 1}
 
 
-def test_default_sizes():
+def test_default_sizes_are_unequal_and_average_n_train():
     for name in DATASETS:
+        counts = []
         for site in make_synthetic(name):
             images, _ = _tensors(site)
-            assert images.shape == (24, 3, 64, 64)
+            assert images.shape[1:] == (3, 64, 64)
             assert len(site.test) == 12
+            counts.append(images.shape[0])
+        assert len(set(counts)) >= 3, counts  # real federations are unequal
+        assert np.mean(counts) == 24
+        assert counts == [round(24 * share) for share in SITE_SIZES[name].values()]
 
 
 @pytest.mark.parametrize("name", DATASETS)
@@ -100,36 +109,52 @@ def test_train_and_test_are_disjoint(name):
         assert distance.min() > 1.0
 
 
-@pytest.mark.parametrize("name", DATASETS)
-def test_label_distribution_is_the_same_on_every_site(name, large):
+def _magnification(name, site):
+    return synthetic._SITES[name][site].magnification
+
+
+def test_nuclei_cover_the_same_share_of_every_site(large):
+    """Same label process everywhere: magnification changes how large the nuclei look, not
+    how much of the tissue they cover."""
     fractions = {
-        site.name: _tensors(site)[1].float().mean(dim=(1, 2)).numpy() for site in large[name]
+        site.name: _tensors(site)[1].float().mean(dim=(1, 2)).numpy()
+        for site in large["synthetic-nuclei"]
     }
     pooled = np.concatenate(list(fractions.values())).mean()
     for site, fraction in fractions.items():
-        assert abs(fraction.mean() - pooled) < 0.05 * pooled, site
-    for (a, fa), (b, fb) in itertools.combinations(fractions.items(), 2):
-        assert stats.ks_2samp(fa, fb).pvalue > 1e-3, (a, b)
+        assert abs(fraction.mean() - pooled) < 0.1 * pooled, site
 
 
-def test_nuclei_count_and_size_are_the_same_on_every_site(large):
-    pooled_counts, pooled_areas = {}, {}
+def test_prostate_area_scales_with_the_field_of_view(large):
+    """The gland's share of the image, divided by the magnification squared, is the same
+    on every site: one anatomy seen through different fields of view."""
+    name = "synthetic-prostate"
+    fractions = {
+        site.name: _tensors(site)[1].float().mean().item() / _magnification(name, site.name) ** 2
+        for site in large[name]
+    }
+    pooled = np.mean(list(fractions.values()))
+    for site, fraction in fractions.items():
+        assert abs(fraction - pooled) < 0.15 * pooled, (site, fractions)
+
+
+def test_nuclei_look_larger_at_higher_magnification(large):
+    areas = {}
     for site in large["synthetic-nuclei"]:
         labelled = [ndimage.label(mask)[0] for mask in _tensors(site)[1].numpy()]
-        pooled_counts[site.name] = np.array([labels.max() for labels in labelled])
-        pooled_areas[site.name] = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labelled])
-    for key in (pooled_counts, pooled_areas):
-        means = np.array([values.mean() for values in key.values()])
-        assert means.max() - means.min() < 0.06 * means.mean(), means
+        areas[site.name] = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labelled]).mean()
+    by_magnification = sorted(areas, key=lambda s: _magnification("synthetic-nuclei", s))
+    assert by_magnification == sorted(areas, key=areas.get), areas
 
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_masks_do_not_depend_on_the_site_style(name, monkeypatch):
-    """Rendering a site with another site's style changes the images, never the masks."""
-    styles = synthetic._GENERATORS[name][0]
+    """Rendering a site with another site's styles changes the images, never the masks."""
+    sites = synthetic._SITES[name]
     first, second = SYNTHETIC_SITES[name][:2]
     (before,) = make_synthetic(name, n_train=4, n_test=2, sites=[second])
-    monkeypatch.setitem(styles, second, styles[first])
+    restyled = dataclasses.replace(sites[second], styles=sites[first].styles)
+    monkeypatch.setitem(sites, second, restyled)
     (after,) = make_synthetic(name, n_train=4, n_test=2, sites=[second])
     for split in ("train", "test"):
         assert torch.equal(_tensors(before, split)[1], _tensors(after, split)[1])
@@ -152,7 +177,8 @@ def _style_features(images: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_sites_are_told_apart_by_their_style(name, large):
-    """A nearest-centroid classifier on colour and spectrum statistics recognises the site.
+    """A nearest-centroid classifier on colour and spectrum statistics recognises the site
+    far above chance, though not always: the style varies within a site too.
 
     Distances are in units of the within-site spread of each statistic.
     """
@@ -160,9 +186,61 @@ def test_sites_are_told_apart_by_their_style(name, large):
     test = [_style_features(_tensors(site, "test")[0]) for site in large[name]]
     spread = torch.stack([features.std(0) for features in train]).mean(0)
     centroids = torch.stack([features.mean(0) for features in train]) / spread
-    for label, features in enumerate(test):
-        predicted = torch.cdist(features / spread, centroids).argmin(1)
-        assert (predicted == label).float().mean() >= 0.9, large[name][label].name
+    chance = 1 / len(train)
+    accuracy = [
+        (torch.cdist(features / spread, centroids).argmin(1) == label).float().mean().item()
+        for label, features in enumerate(test)
+    ]
+    assert min(accuracy) >= 2 * chance, accuracy
+    assert np.mean(accuracy) >= 0.6, accuracy
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_style_varies_from_image_to_image_within_a_site(name, large):
+    """Per-image style statistics spread within a site about as much as between sites (the
+    version-1 sets had between-site spreads 5-10x the within-site ones, a style that
+    batch statistics remove)."""
+    features = [_style_features(_tensors(site)[0]) for site in large[name]]
+    between = torch.stack([f.mean(0) for f in features]).std(0)
+    within = torch.stack([f.std(0) for f in features]).mean(0)
+    assert (between / within).mean() < 2.0, between / within
+
+
+def _dice(pred: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean per-image foreground Dice (1 where both are empty), as the metrics compute it."""
+    inter = (pred & mask).sum((1, 2)).float()
+    total = (pred.sum((1, 2)) + mask.sum((1, 2))).float()
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)).mean()
+
+
+def test_no_colour_threshold_segments_the_nuclei(large):
+    """A per-pixel linear colour score, fitted on a site's training images with the best
+    threshold chosen on its test images, stays far below a UNet (version 1: 0.91)."""
+    for site in large["synthetic-nuclei"]:
+        (images, masks), (test_images, test_masks) = _tensors(site), _tensors(site, "test")
+
+        def pixels(x):
+            return torch.cat(
+                [x.permute(0, 2, 3, 1).reshape(-1, 3), torch.ones(x[:, 0].numel(), 1)], 1
+            )
+
+        weights = torch.linalg.lstsq(pixels(images), masks.reshape(-1, 1).float()).solution
+        score = (pixels(test_images) @ weights).view(test_masks.shape)
+        best = max(_dice(score > t, test_masks.bool()) for t in np.linspace(-0.2, 1, 61))
+        assert best < 0.8, (site.name, best)
+
+
+def test_no_fixed_mask_segments_the_prostate(large):
+    """The average training mask, thresholded at its best level, never looks at the image:
+    it stays far below a UNet on every site (version 1: 0.81)."""
+    sites = large["synthetic-prostate"]
+    average = torch.cat([_tensors(site)[1] for site in sites]).float().mean(0)
+    for site in sites:
+        masks = _tensors(site, "test")[1].bool()
+        best = max(
+            _dice((average > t).expand_as(masks), masks) for t in np.linspace(0.05, 0.95, 19)
+        )
+        assert best < 0.75, (site.name, best)
 
 
 def test_nuclei_sites_differ_in_mean_colour(large):
@@ -209,3 +287,17 @@ def test_site_grid_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="per_site"):
         save_site_grid(sites, tmp_path / "bad.png", per_site=0)
+
+
+def test_runs_record_the_generator_version_and_refuse_another():
+    config = RunConfig(dataset="synthetic-prostate", n_train=2, n_test=1, image_size=32).resolved()
+    assert config.data_version == synthetic.SYNTHETIC_VERSION
+    assert RunConfig(dataset="prostate").resolved().data_version is None
+    assert len(load_sites(RunConfig.from_json(config.to_json()))) == 6
+
+    written_before_versions = json.loads(config.to_json())
+    del written_before_versions["data_version"]
+    old = RunConfig.from_json(json.dumps(written_before_versions))
+    assert old.data_version == 1
+    with pytest.raises(ValueError, match="version 1; this fedbcs generates version 2"):
+        load_sites(old)
