@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .algorithms import METHODS, all_algorithms
 from .config import RunConfig
-from .data import DATASETS
+from .data import DATASETS, NUCLEI_INTENSITIES
+from .losses import DICE_LOSS_CLASSES
 
 EXIT_USAGE = 2
 
@@ -55,10 +56,13 @@ _COMMON = (
     "local_epochs",
     "clients_per_round",
     "batch_size",
+    "eval_batch_size",
     "optimizer",
     "lr",
     "weight_decay",
     "momentum",
+    "dice_loss_classes",
+    "nuclei_intensity",
     "image_size",
     "n_train",
     "n_test",
@@ -80,10 +84,31 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
     p.add_argument("--local-epochs", type=_positive_int, default=d.local_epochs)
     p.add_argument("--clients-per-round", type=_positive_int, help="default: every client")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument(
+        "--eval-batch-size",
+        type=_positive_int,
+        default=d.eval_batch_size,
+        help="batch size of every evaluation; scores depend on it (BatchNorm uses batch "
+        "statistics), and 16 is the released code's",
+    )
     p.add_argument("--optimizer", choices=["adam", "sgd"], help="default: the dataset's")
     p.add_argument("--lr", type=float, help="default: the dataset's")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument(
+        "--momentum", type=float, help="SGD momentum (default: the dataset's: nuclei 0, else 0.9)"
+    )
+    p.add_argument(
+        "--dice-loss-classes",
+        choices=DICE_LOSS_CLASSES,
+        default=d.dice_loss_classes,
+        help="classes the soft Dice loss averages over (all: background too, as released)",
+    )
+    p.add_argument(
+        "--nuclei-intensity",
+        choices=NUCLEI_INTENSITIES,
+        default=d.nuclei_intensity,
+        help="real nuclei images: per-image min-max (released) or ÷ the pixel type's maximum",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--image-size", type=_positive_int, help="default: the dataset's")
     p.add_argument("--n-train", type=_positive_int, default=d.n_train, help="synthetic only")
@@ -138,21 +163,22 @@ def _default_out(config: RunConfig) -> Path:
 
 
 def _write_summary(config: RunConfig, out: Path, records: list[dict], baseline_dir) -> str:
-    from .results import dice_table, final_dice, plot_dice, read_metrics
+    from .results import plot_dice, read_metrics, write_summary
 
-    rows = [(config.method, final_dice(records))]
+    runs = [(config.method, records)]
     baseline = None
     if baseline_dir:
         base_config = RunConfig.load(Path(baseline_dir) / "config.json")
         baseline = base_config.method + " (baseline)"
-        rows.insert(0, (baseline, final_dice(read_metrics(baseline_dir))))
-    table = dice_table(rows, baseline)
-    (out / "summary.md").write_text(
-        f"# {config.method} on {config.dataset}\n\n{config.rounds} rounds, seed {config.seed}."
-        f" Foreground Dice (%) of the global model on each site's test split.\n\n{table}"
+        runs.insert(0, (baseline, read_metrics(baseline_dir)))
+    title = f"{config.method} on {config.dataset}"
+    setting = (
+        f"{config.rounds} rounds, seed {config.seed}. Foreground Dice (%) of the global model "
+        "on each site's test split."
     )
-    plot_dice(records, out / "dice.png", title=f"{config.method} on {config.dataset}")
-    return table
+    tables = write_summary(out / "summary.md", title, setting, runs, baseline)
+    plot_dice(records, out / "dice.png", title=title)
+    return tables
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -202,6 +228,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = RunConfig.load(config_path)
     if args.dataset:
         config = dataclasses.replace(config, dataset=args.dataset, data_root=args.data_root)
+    if args.eval_batch_size:
+        config = dataclasses.replace(config, eval_batch_size=args.eval_batch_size)
     config = config.resolved()
     sites = load_sites(config)
     simulation = Simulation(config, sites, out_dir=None, progress=False)
@@ -319,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="its config.json (default: beside the checkpoint)")
     evaluate.add_argument("--dataset", choices=list(DATASETS), help="default: the run's")
     evaluate.add_argument("--data-root")
+    evaluate.add_argument(
+        "--eval-batch-size", type=_positive_int, help="default: the run's (config.json)"
+    )
     evaluate.set_defaults(func=cmd_eval)
 
     show = commands.add_parser("show-data", help="a PNG grid of example images per site")

@@ -15,11 +15,13 @@ from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, ClientUpdate, LocalContext
 from .config import RunConfig
+from .data.base import SiteData
 from .metrics import segmentation_metrics
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """The run's optimiser (``sgd`` with momentum or ``adam``), with weight decay."""
+    """The run's optimiser (``sgd`` with the run's momentum, or ``adam``), with weight
+    decay."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
@@ -109,10 +111,20 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device):
     return torch.cat(preds), torch.cat(masks)
 
 
+def evaluate_site(model: nn.Module, site: SiteData, config: RunConfig) -> dict[str, float]:
+    """The metrics of ``model`` on ``site``'s test split as both engines score the global
+    model: :func:`evaluate_split` in batches of the run's ``eval_batch_size``."""
+    return evaluate_split(model, site.test, config.eval_batch_size, torch.device(config.device))
+
+
 def evaluate_split(
     model: nn.Module, dataset, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     """Dice, HD95 and ASSD (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model``
-    on one split."""
+    on one split, in order, ``batch_size`` images at a time.
+
+    The batch size is part of the result: the UNet's BatchNorm keeps no running statistics
+    (as released), so in ``eval()`` mode it normalises each batch with its own.
+    """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     return segmentation_metrics(*predict(model, loader, device))

@@ -7,8 +7,10 @@ A method spec is a method name with optional option changes after slashes, e.g.
 run again, so an interrupted comparison resumes where it stopped.
 
 Writes ``table1.md`` (per-site Dice, mean ± std over seeds, AVG and Δ vs FedAvg, best in
-bold and second underlined), ``table2.md`` (the FSR / CDPA ablation, when the FedBCS
-variants are among the specs), ``table3.md`` (communication) and ``convergence.png``.
+bold and second underlined: at the final round, then at each run's best round, chosen on
+the test split as the released code logs), ``table2.md`` (the FSR / CDPA ablation at the
+final round, when the FedBCS variants are among the specs), ``table3.md``
+(communication) and ``convergence.png``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from tqdm.auto import tqdm
 
 from .algorithms import METHODS, algorithm_class
 from .config import RunConfig
-from .results import line_plot, read_metrics
+from .results import (
+    BEST_ROUND_CAPTION,
+    FINAL_ROUND_CAPTION,
+    best_round,
+    final_round,
+    line_plot,
+    read_metrics,
+)
 
 ABLATION = {
     "fedavg": (False, False),
@@ -143,12 +152,12 @@ def _collect(out: Path, specs, seeds):
     return {spec: [read_metrics(run_dir(out, spec, s)) for s in seeds] for spec in specs}
 
 
-def _final_dice(records_per_seed) -> np.ndarray:
-    """[seeds, sites] Dice (%) of the last evaluated round."""
+def _dice(records_per_seed, pick=final_round) -> np.ndarray:
+    """[seeds, sites] Dice (%) of the round ``pick`` chooses in each seed's records."""
     rows = []
     for records in records_per_seed:
-        last = [r for r in records if "dice" in r][-1]
-        rows.append([100 * last["dice"][site] for site in last["dice"]])
+        dice = pick(records)["dice"]
+        rows.append([100 * dice[site] for site in dice])
     return np.array(rows)
 
 
@@ -167,10 +176,12 @@ def _cell(mean: float, std: float, mark: str) -> str:
     return {"best": f"**{text}**", "second": f"<u>{text}</u>", "": text}[mark]
 
 
-def table1(results, sites: list[str], baseline: str = "fedavg") -> str:
-    """Per-site Dice and AVG (mean ± std over seeds) and Δ of the AVG vs ``baseline``."""
+def table1(results, sites: list[str], baseline: str = "fedavg", pick=final_round) -> str:
+    """Per-site Dice and AVG (mean ± std over seeds) and Δ of the AVG vs ``baseline``, at
+    the round ``pick`` chooses in each run (default: :func:`~fedbcs_fl.results.final_round`;
+    :func:`~fedbcs_fl.results.best_round` for the released code's figure)."""
     specs = list(results)
-    dice = {spec: _final_dice(results[spec]) for spec in specs}
+    dice = {spec: _dice(results[spec], pick) for spec in specs}
     avg = {spec: d.mean(1) for spec, d in dice.items()}
     header = ["Method", *sites, "AVG", "Δ"]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
@@ -197,7 +208,7 @@ def table2(results, sites: list[str]) -> str:
     header = ["CDPA", "FSR", *sites, "AVG"]
     lines = ["| " + " | ".join(header) + " |", "|:-:|:-:" + "|---:" * (len(sites) + 1) + "|"]
     for spec, (cdpa, fsr) in ABLATION.items():
-        dice = _final_dice(results[spec])
+        dice = _dice(results[spec])
         avg = dice.mean(1)
         cells = [f"{dice[:, j].mean():.2f} ± {dice[:, j].std():.2f}" for j in range(len(sites))]
         cells.append(f"{avg.mean():.2f} ± {avg.std():.2f}")
@@ -262,11 +273,17 @@ def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
     sites = list(first["dice"])
     setting = f"{dataset}, {rounds} rounds, seeds {', '.join(map(str, seeds))}"
     dice_note = f"{setting}; Dice in %.\n\n"
-    (out / "table1.md").write_text(dice_note + table1(results, sites))
+    tables = (
+        f"{FINAL_ROUND_CAPTION}\n\n{table1(results, sites)}\n"
+        f"{BEST_ROUND_CAPTION} Per seed, its own best round.\n\n"
+        f"{table1(results, sites, pick=best_round)}"
+    )
+    (out / "table1.md").write_text(dice_note + tables)
     (out / "table3.md").write_text(
         f"{setting}; means over clients, rounds and seeds.\n\n" + table3(results)
     )
     if all(spec in results for spec in ABLATION):
-        (out / "table2.md").write_text(dice_note + table2({s: results[s] for s in ABLATION}, sites))
+        ablation = table2({s: results[s] for s in ABLATION}, sites)
+        (out / "table2.md").write_text(f"{dice_note}{FINAL_ROUND_CAPTION}\n\n{ablation}")
     plot_convergence(results, out / "convergence.png", title=f"{dataset}, {len(seeds)} seeds")
-    return table1(results, sites)
+    return tables

@@ -39,7 +39,7 @@ from .checkpoint import (
     save_checkpoint,
     save_model,
 )
-from .client import evaluate_split, local_train, make_optimizer, model_weights, train_loader
+from .client import evaluate_site, local_train, make_optimizer, model_weights, train_loader
 from .config import RunConfig
 from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
@@ -203,12 +203,10 @@ class Simulation:
             raise ClientFault(f"{client.name} timed out after {timeout:g} s") from None
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, dict[str, float]]:
-        """Metrics of the global model (or ``model``) on every site's test split."""
+        """Metrics of the global model (or ``model``) on every site's test split, in
+        batches of ``eval_batch_size``."""
         model = model or self.global_model
-        return {
-            site.name: evaluate_split(model, site.test, self.config.batch_size, self.device)
-            for site in self.sites
-        }
+        return {site.name: evaluate_site(model, site, self.config) for site in self.sites}
 
     def run_round(self, round_index: int) -> dict:
         start = time.perf_counter()

@@ -396,18 +396,21 @@ def _hermitian_weights(width: int, device, dtype) -> torch.Tensor:
 
 
 def spectral_mean_amplitude(x: torch.Tensor) -> torch.Tensor:
-    """Mean over all H·W frequencies of ``|FFT2(x)|`` (unnormalised forward FFT), ``[B, C]``.
+    """GAP(χ) of paper eq. 6: the mean over all H·W frequencies of the amplitude
+    ``χ = |Z|`` of eq. 4's spectrum ``Z = FFT2(x) / (H·W)``, ``[B, C]``.
 
-    Computed from ``rfft2`` (cuFFT on GPU): the half spectrum holds every column once and
-    its mirror image, so columns are weighted 1 (DC and, for even W, Nyquist) or 2.
-    This is GAP(χ) of paper eq. 6. Differentiable.
+    With eq. 4's 1/(H·W), Parseval gives ``Σ|Z|² = mean(x²)``, so the result is at most
+    ``sqrt(mean(x²) / (H·W))``: it never grows with the image size, for the same pixel
+    statistics. Computed from ``rfft2`` (cuFFT on GPU): the half spectrum holds every
+    column once and its mirror image, so columns are weighted 1 (DC and, for even W,
+    Nyquist) or 2. Differentiable.
 
     Example:
-        >>> spectral_mean_amplitude(torch.ones(1, 1, 4, 4))  # all energy at DC: 16 / 16
-        tensor([[1.]])
+        >>> spectral_mean_amplitude(torch.ones(1, 1, 4, 4))  # Z = 1 at DC only: 1 / 16
+        tensor([[0.0625]])
     """
     check_tensor("x", x, ndim=4, kind="float")
     H, W = x.shape[-2:]
     amplitude = torch.fft.rfft2(x.to(_acc_dtype(x))).abs()
     weights = _hermitian_weights(W, x.device, amplitude.dtype)
-    return (amplitude.sum(-2) @ weights) / (H * W)
+    return (amplitude.sum(-2) @ weights) / (H * W) ** 2

@@ -20,9 +20,8 @@ class FSR(nn.Module):
             with learnable ``logits`` (2,) starting at zeros, so a = b = 0.5;
             ``"adaptive"``, paper eq. 6: ``(a, b) = sigmoid(W_s [GAP(χ_norm); GAP(χ)])`` per
             sample and channel, ``W_s = gate_proj``, an ``nn.Linear(2C, 2C)`` started at
-            zero (a = b = 0.5, like the static gate). GAP(χ) is
-            :func:`~fedbcs_ops.spectral_mean_amplitude`; GAP(χ_norm) = r·(GAP(χ) − |μ|)
-            in closed form, because the spectrum of IN(x) is r times that of x off DC.
+            zero (a = b = 0.5, like the static gate). The spectra are eq. 4's, divided by
+            H·W (:meth:`gate_inputs`).
         temperature: softmax temperature of the static gate (default 0.1).
         eps: instance-norm epsilon (default 1e-5).
 
@@ -60,13 +59,23 @@ class FSR(nn.Module):
         if self.gate == "static":
             a, b = torch.softmax(self.logits / self.temperature, dim=0)
             return a, b
-        spectral = spectral_mean_amplitude(x)
-        acc = spectral.dtype
-        var, mean = torch.var_mean(x.to(acc), dim=(2, 3), correction=0)
-        spectral_norm = torch.rsqrt(var + self.eps) * (spectral - mean.abs())
-        gates = torch.sigmoid(self.gate_proj(torch.cat([spectral_norm, spectral], dim=1)))
+        gates = torch.sigmoid(self.gate_proj(self.gate_inputs(x)))
         a, b = gates.chunk(2, dim=1)
         return a, b
+
+    def gate_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``[GAP(χ_norm); GAP(χ)]`` of eq. 6, ``[B, 2C]``, with eq. 4's spectrum
+        ``Z = FFT2(x) / (H·W)``.
+
+        GAP(χ) is :func:`~fedbcs_ops.spectral_mean_amplitude`. The spectrum of IN(x) is r
+        times that of x off DC and 0 at DC, where ``|Z(0)| = |μ|`` is one of the H·W terms
+        of the mean, so ``GAP(χ_norm) = r·(GAP(χ) − |μ|/(H·W))``, with no second FFT.
+        """
+        spectral = spectral_mean_amplitude(x)
+        var, mean = torch.var_mean(x.to(spectral.dtype), dim=(2, 3), correction=0)
+        dc = mean.abs() / (x.shape[-2] * x.shape[-1])
+        spectral_norm = torch.rsqrt(var + self.eps) * (spectral - dc)
+        return torch.cat([spectral_norm, spectral], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.channels:

@@ -4,7 +4,7 @@ Each follows the paper (and the authors' released code) step by step, with no al
 shortcut, so that the fast ops can be checked against the text they implement.
 
 - :func:`fsr_fft`: FFT → amplitude and phase → blend amplitudes → inverse FFT (eq. 4–7).
-- :func:`spectral_mean_amplitude_fft`: the mean of the full ``|FFT2(x)|``.
+- :func:`spectral_mean_amplitude_fft`: the mean of the full ``|FFT2(x) / (H·W)|`` (eq. 4).
 - :func:`fsr_gates_fft`, :func:`fsr_module_fft`: an :class:`~fedbcs_ops.FSR` module's
   gates and output, with GAP(χ_norm) taken from the spectrum of IN(x) itself (eq. 6).
 - :func:`class_sums`, :func:`class_prototypes`: upsample, permute, mask per class, sum.
@@ -44,8 +44,9 @@ def fsr_fft(x, a, b, weight=None, bias=None, eps: float = 1e-5):
 
 
 def spectral_mean_amplitude_fft(x: torch.Tensor) -> torch.Tensor:
-    """GAP(χ): the mean of the full unnormalised amplitude spectrum, ``[B, C]``."""
-    return torch.fft.fft2(x).abs().mean(dim=(-2, -1))
+    """GAP(χ): the mean of the full amplitude spectrum of eq. 4, which divides the sum by
+    H·W (``norm="forward"``), ``[B, C]``."""
+    return torch.fft.fft2(x, norm="forward").abs().mean(dim=(-2, -1))
 
 
 def fsr_gates_fft(module, x: torch.Tensor):

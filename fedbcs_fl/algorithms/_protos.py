@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fedbcs_ops import class_sums, prototypes_from_sums
 
 from ..aggregation import cluster_class_rows
-from ..losses import multi_positive_infonce, segmentation_loss
+from ..losses import multi_positive_infonce
 from ._features import build_feature_unet
 from .base import Algorithm, ClientUpdate, LocalContext
 
@@ -94,7 +94,7 @@ class PixelPrototypeAlgorithm(Algorithm):
         if ctx.last_epoch:
             with torch.no_grad():
                 self.record_prototypes(features, masks, ctx)
-        return segmentation_loss(logits, masks) + self.prototype_loss(features, masks, ctx)
+        return self.segmentation_loss(logits, masks) + self.prototype_loss(features, masks, ctx)
 
     def prototype_loss(
         self, features: torch.Tensor, masks: torch.Tensor, ctx: LocalContext

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..aggregation import weighted_average
 from ..config import RunConfig, dataset_default
-from ..losses import segmentation_loss
+from ..losses import check_dice_loss_classes, segmentation_loss
 
 # What each method option may be, by name: a name means the same thing in every method
 # that has it (``tau`` is always a temperature, ``mu`` and ``lambda_*`` loss weights).
@@ -46,6 +46,7 @@ LOSS_WEIGHT_RANGE = "[0, inf)"  # every ``lambda_*``
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "fsr_gate": ("static", "adaptive"),
     "fusion": ("deepest", "adjacent"),
+    "contrast": ("released", "exact"),
 }
 
 
@@ -144,6 +145,7 @@ class Algorithm:
             if value is None:
                 self.opt[key] = dataset_default(config.dataset, key)
             check_option(key, self.opt[key])
+        check_dice_loss_classes(config.dice_loss_classes)
 
     # ---- model --------------------------------------------------------------------
 
@@ -161,7 +163,11 @@ class Algorithm:
         self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, ctx: LocalContext
     ) -> torch.Tensor:
         """The loss of one batch; add method terms here and log them with ``ctx.log``."""
-        return segmentation_loss(model(images), masks)
+        return self.segmentation_loss(model(images), masks)
+
+    def segmentation_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(CE + soft Dice) / 2 with the run's ``dice_loss_classes``: every method's base."""
+        return segmentation_loss(logits, masks, self.config.dice_loss_classes)
 
     def optimizer_step(self, model, optimizer, loss_fn) -> torch.Tensor:
         """One optimiser step. ``loss_fn()`` computes the batch loss (a closure)."""

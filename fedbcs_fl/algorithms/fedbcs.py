@@ -6,7 +6,10 @@ Client loss (paper eq. 15–17, released weighting of the segmentation loss):
 
 - L_contra, eq. 15: for every foreground pixel of the stream's embedding (labels
   nearest-resampled to its resolution), multi-positive InfoNCE of its cosine
-  similarities / τ against all global cluster prototypes, positives those of its class.
+  similarities / τ against all global cluster prototypes, positives those of its class;
+  by default with the released code's caps (``contrast="released"``,
+  :func:`~fedbcs_fl.losses.capped_multi_positive_infonce`), or in log space
+  (``contrast="exact"``).
 - L_consis, eq. 16: squared distance to the mean prototype of its class, divided by the
   embedding dimension D (eq. 16 sums over dimensions; dividing keeps the term's scale
   independent of ``proto_dim``), averaged over those pixels.
@@ -26,11 +29,13 @@ from typing import Any, ClassVar
 import torch
 
 from ..aggregation import cluster_class_prototypes
-from ..losses import multi_positive_infonce, segmentation_loss
+from ..losses import capped_multi_positive_infonce, multi_positive_infonce
 from ._protos import class_mean_payload
 from .base import Algorithm, ClientUpdate, LocalContext
 
 STREAMS = ("encoder", "decoder")
+# The InfoNCE of L_contra by the ``contrast`` option (docs/fidelity.md).
+CONTRASTS = {"released": capped_multi_positive_infonce, "exact": multi_positive_infonce}
 
 
 class FedBCS(Algorithm):
@@ -43,6 +48,7 @@ class FedBCS(Algorithm):
         "fsr_gate": "static",  # released behaviour; "adaptive" is paper eq. 6
         "fusion": "deepest",  # released behaviour; "adjacent" is paper eq. 10
         "lambda_consis": 1.0,  # weight of L_consis
+        "contrast": "released",  # capped exponentials, as released; "exact" is log space
     }
     prototype_keys = tuple(f"protos/{s}" for s in STREAMS)
 
@@ -64,9 +70,9 @@ class FedBCS(Algorithm):
 
     def training_loss(self, model, images, masks, ctx: LocalContext):
         if not self.opt["cdpa"]:
-            return segmentation_loss(model(images), masks)
+            return self.segmentation_loss(model(images), masks)
         logits, embeddings = model.forward_with_embeddings(images)
-        loss = segmentation_loss(logits, masks)
+        loss = self.segmentation_loss(logits, masks)
         if ctx.last_epoch:
             with torch.no_grad():
                 for stream, emb in embeddings.items():
@@ -100,7 +106,7 @@ class FedBCS(Algorithm):
         cosine = emb.cosine(protos, sq_norm, dots=proto_dots, pixels=anchors)  # [A, M]
         anchor_labels = labels[anchors]
         positives = proto_labels[None, :] == anchor_labels[:, None]
-        contra, _ = multi_positive_infonce(cosine / self.opt["tau"], positives)
+        contra, _ = CONTRASTS[self.opt["contrast"]](cosine / self.opt["tau"], positives)
         sq_dist = emb.sq_distance(mean, sq_norm, dots=mean_dots, pixels=anchors)  # [A, K]
         has_mean = payload[f"mean_present/{stream}"].to(masks.device)[anchor_labels]
         consis = sq_dist.gather(1, anchor_labels[:, None])[:, 0][has_mean] / emb.dim

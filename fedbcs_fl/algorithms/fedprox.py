@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..losses import segmentation_loss
 from .base import Algorithm, LocalContext
 
 ANCHOR_KEY = "fedprox/global_parameters"
@@ -41,7 +40,7 @@ class FedProx(Algorithm):
     def training_loss(self, model, images, masks, ctx: LocalContext):
         proximal = 0.5 * self.opt["mu"] * proximal_term(model.parameters(), ctx.state[ANCHOR_KEY])
         ctx.log("fedprox/proximal", proximal)
-        return segmentation_loss(model(images), masks) + proximal
+        return self.segmentation_loss(model(images), masks) + proximal
 
     def end_local(self, model, ctx: LocalContext):
         del ctx.state[ANCHOR_KEY]  # a model-sized copy per client: free it between rounds

@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..losses import segmentation_loss
 from ._features import build_feature_unet
 from .base import Algorithm, LocalContext
 
@@ -89,7 +88,7 @@ class FedUV(Algorithm):
         ctx.log("feduv/variance", variance)
         ctx.log("feduv/uniformity", uniformity)
         return (
-            segmentation_loss(logits, masks)
+            self.segmentation_loss(logits, masks)
             + self.opt["lambda_variance"] * variance
             + self.opt["lambda_uniformity"] * uniformity
         )

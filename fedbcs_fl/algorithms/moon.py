@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import multi_positive_infonce, segmentation_loss
+from ..losses import multi_positive_infonce
 from ._features import FeatureUNet, build_feature_unet
 from .base import Algorithm, LocalContext
 
@@ -118,7 +118,7 @@ class MOON(Algorithm):
             )
         contrastive = moon_contrastive_loss(z, z_global, z_previous, self.opt["tau"])
         ctx.log("moon/contrastive", contrastive)
-        return segmentation_loss(logits, masks) + self.opt["mu"] * contrastive
+        return self.segmentation_loss(logits, masks) + self.opt["mu"] * contrastive
 
     def end_local(self, model, ctx: LocalContext):
         del ctx.state[GLOBAL_KEY]

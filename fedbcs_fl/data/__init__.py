@@ -9,6 +9,9 @@ from .synthetic import SYNTHETIC_SITES, SYNTHETIC_VERSION, make_synthetic
 
 REAL_DATASETS = ("prostate", "nuclei")
 DATASETS = (*SYNTHETIC_SITES, *REAL_DATASETS)
+# How real nuclei images are scaled to [0, 1] (``load_nuclei``'s ``intensity``): per image
+# from its minimum to its maximum (the released code), or by the pixel type's maximum.
+NUCLEI_INTENSITIES = ("minmax", "dtype")
 
 
 def _real(name: str):
@@ -45,6 +48,7 @@ def load_sites(config, workers: int = 0) -> list[SiteData]:
     if not config.data_root:
         raise ValueError(f"--dataset {name} reads real data: give --data-root DIR")
     load, _ = _real(name)
+    extra = {"intensity": config.nuclei_intensity} if name == "nuclei" else {}
     return load(
         config.data_root,
         sites=config.sites,
@@ -52,6 +56,7 @@ def load_sites(config, workers: int = 0) -> list[SiteData]:
         seed=config.seed,
         split_file=config.split_file,
         workers=workers,
+        **extra,
     )
 
 
@@ -65,6 +70,7 @@ def check_data(dataset: str, data_root: str, sites=None, workers: int = 0):
 
 __all__ = [
     "DATASETS",
+    "NUCLEI_INTENSITIES",
     "REAL_DATASETS",
     "SYNTHETIC_SITES",
     "SYNTHETIC_VERSION",

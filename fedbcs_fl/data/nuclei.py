@@ -10,9 +10,12 @@ a line. As in the releases these lists come from, there is no third list and ``v
 the held-out set the paper reports on: it becomes the *test* split and the site has no
 validation split. Without the lists, cases are split by a seeded draw (``split`` shares).
 
-Images are scaled to [0, 1] (uint8 by 255, uint16 by 65535; grey is repeated to RGB, an
-alpha channel dropped) and resized to ``image_size`` (bilinear; masks nearest). Every file
-is decoded once, when the domains are loaded.
+Images are read to [0, 1] (uint8 by 255, uint16 by 65535; grey is repeated to RGB, an
+alpha channel dropped), resized to ``image_size`` (bilinear; masks nearest) and then, by
+default, scaled per image from its minimum to its maximum over all channels, as the
+released code's ``ScaleIntensityd`` (``intensity="minmax"``; ``"dtype"`` keeps the
+division by the pixel type's maximum). Every file is decoded once, when the domains are
+loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from fedbcs_fl.data import NUCLEI_INTENSITIES
 from fedbcs_fl.data.base import SiteData
 from fedbcs_fl.data.checks import (
     DataError,
@@ -165,9 +169,21 @@ def _as_labels(array: np.ndarray, path: Path) -> tuple[np.ndarray | None, list[P
     return array, []
 
 
-def _read_item(job: tuple[Path, Path, int | None]) -> _Item:
+def scale_intensity(image: torch.Tensor, intensity: str) -> torch.Tensor:
+    """A ``[..., C, H, W]`` image in [0, 1] rescaled as ``intensity`` says.
+
+    ``"minmax"``: its minimum over all channels to 0 and its maximum to 1 (MONAI's
+    ``ScaleIntensity``, as released; a constant image becomes 0). ``"dtype"``: unchanged.
+    """
+    if intensity == "dtype":
+        return image
+    low, high = image.min(), image.max()
+    return (image - low) / (high - low) if high > low else torch.zeros_like(image)
+
+
+def _read_item(job: tuple[Path, Path, int | None, str]) -> _Item:
     """Read and check one image and mask; with an image size, also build the sample."""
-    image_path, mask_path, image_size = job
+    image_path, mask_path, image_size, intensity = job
     problems = []
     arrays = {}
     for path, rgb in ((image_path, True), (mask_path, False)):
@@ -190,11 +206,16 @@ def _read_item(job: tuple[Path, Path, int | None]) -> _Item:
     if image_size is None:
         return _Item(foreground=foreground)
     image, mask = resize(image, torch.from_numpy(foreground[None].astype(np.uint8)), image_size)
+    image = scale_intensity(image, intensity)
     return _Item(foreground=foreground, image=quantize(image), mask=mask)
 
 
 def _read_domains(
-    data_root: Path, domains: Sequence[str], image_size: int | None, workers: int
+    data_root: Path,
+    domains: Sequence[str],
+    image_size: int | None,
+    workers: int,
+    intensity: str = "minmax",
 ) -> tuple[dict[str, dict[str, _Item]], dict[str, dict | None], list[Problem]]:
     """Every item of every domain read, each domain's lists, and the problems found."""
     if not data_root.is_dir():
@@ -205,7 +226,9 @@ def _read_domains(
         found[domain], domain_problems = find_items(data_root / domain)
         lists[domain], list_problems = read_lists(data_root / domain, list(found[domain]))
         problems += domain_problems + list_problems
-    jobs = [(img, msk, image_size) for items in found.values() for img, msk in items.values()]
+    jobs = [
+        (img, msk, image_size, intensity) for items in found.values() for img, msk in items.values()
+    ]
     results = iter(map_jobs(_read_item, jobs, workers))
     read = {domain: {stem: next(results) for stem in items} for domain, items in found.items()}
     problems += [p for items in read.values() for item in items.values() for p in item.problems]
@@ -236,6 +259,7 @@ def load_nuclei(
     augment: bool = True,
     split_file: str | Path | Mapping | None = None,
     workers: int = 0,
+    intensity: str = "minmax",
 ) -> list[SiteData]:
     """Load nuclei domains as ``SiteData``; the split comes from a split file, the domain's
     ``train.txt`` / ``val.txt`` (val → test), or a seeded draw, in that order.
@@ -250,16 +274,23 @@ def load_nuclei(
         augment: random 90° rotations and flips on the train split (as for prostate).
         split_file: a split written by ``write_split`` (path or dict) to reuse.
         workers: processes decoding images in parallel (default 0: in this process).
+        intensity: ``"minmax"`` (default, as released: each image from its minimum to its
+            maximum) or ``"dtype"`` (÷ 255 for uint8, ÷ 65535 for uint16); see
+            :func:`scale_intensity`.
 
     Images are float32 ``[3, image_size, image_size]`` in [0, 1], masks int64 {0, 1}.
 
     Raises:
+        ValueError: for an unknown ``intensity``.
         DataError: listing every problem in the data, the lists or ``split_file``.
     """
+    if intensity not in NUCLEI_INTENSITIES:
+        valid = ", ".join(NUCLEI_INTENSITIES)
+        raise ValueError(f"nuclei intensity must be one of {valid}; got {intensity!r}")
     check_fractions(split)
     names = select_sites(sites, DOMAINS)
     given = load_split_file(split_file)
-    read, lists, problems = _read_domains(Path(data_root), names, image_size, workers)
+    read, lists, problems = _read_domains(Path(data_root), names, image_size, workers, intensity)
     splits = {}
     for domain, items in read.items():
         if given is None and lists[domain] is not None:

@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 
 from ..algorithms import build_algorithm
 from ..algorithms.base import Algorithm
-from ..client import evaluate_split, local_train, make_optimizer, train_loader
+from ..client import evaluate_site, local_train, make_optimizer, train_loader
 from ..config import RunConfig
 from ..data.base import SiteData
 from .records import (
@@ -102,7 +102,7 @@ def evaluate(message: Message, context: Context) -> Message:
     """Dice, HD95 and ASSD of the global model on this site's test split."""
     config, site, partition_id, algorithm = _setup(message, context)
     model = _global_model(algorithm, message, config.device)
-    metrics = evaluate_split(model, site.test, config.batch_size, config.device)
+    metrics = evaluate_site(model, site, config)
     metrics[NUM_EXAMPLES] = len(site.test)
     content = RecordDict(
         {

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from ..algorithms import build_algorithm
 from ..client import model_weights
 from ..config import RunConfig
-from ..results import dice_table, final_dice, plot_dice
+from ..results import plot_dice, write_summary
 from ..simulation import append_jsonl
 from .settings import engine_setting, from_run_config
 from .strategy import AlgorithmStrategy
@@ -54,15 +54,15 @@ def sampling(config: RunConfig, min_nodes: int) -> dict[str, Any]:
     }
 
 
-def write_summary(out: Path, config: RunConfig, records: list[dict]) -> None:
+def write_run_summary(out: Path, config: RunConfig, records: list[dict]) -> None:
     """``summary.md`` and ``dice.png`` of a finished run, as ``fedbcs train`` writes them."""
-    table = dice_table([(config.method, final_dice(records))])
-    (out / "summary.md").write_text(
-        f"# {config.method} on {config.dataset} (Flower)\n\n{config.rounds} rounds, seed "
-        f"{config.seed}. Foreground Dice (%) of the global model on each site's test split, "
-        f"evaluated by each site's SuperNode.\n\n{table}"
+    title = f"{config.method} on {config.dataset} (Flower)"
+    setting = (
+        f"{config.rounds} rounds, seed {config.seed}. Foreground Dice (%) of the global model "
+        "on each site's test split, evaluated by each site's SuperNode."
     )
-    plot_dice(records, out / "dice.png", title=f"{config.method} on {config.dataset} (Flower)")
+    write_summary(out / "summary.md", title, setting, [(config.method, records)])
+    plot_dice(records, out / "dice.png", title=title)
 
 
 def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
@@ -104,7 +104,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
         str(out / "model.safetensors"),
         metadata={"method": config.method, "version": str(config.version)},
     )
-    write_summary(out, config, records)
+    write_run_summary(out, config, records)
     log(INFO, "results in %s", out.resolve())
     return records
 

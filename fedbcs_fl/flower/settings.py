@@ -1,9 +1,10 @@
 """Flower's flat run and node configs ↔ :class:`~fedbcs_fl.config.RunConfig`.
 
 The run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden by
-``flwr run --run-config``) has one kebab-case key per RunConfig field; 0 or "" stands for
-None (the dataset's default, or "all"); ``method-options`` and ``extra-config`` (any
-other RunConfig field) are JSON objects. Data
+``flwr run --run-config``) has one kebab-case key per RunConfig field; "" stands for None
+(the dataset's default, or "all"), and so does 0 where 0 is no valid value
+(``ZERO_MEANS_NONE``; a momentum of 0 is a momentum); ``method-options`` and
+``extra-config`` (any other RunConfig field) are JSON objects. Data
 location is per node: each SuperNode's node config names its ``partition-id`` and, where
 needed, ``dataset``, ``data-root``, ``split-file`` and ``site``.
 """
@@ -28,10 +29,13 @@ FLAT_FIELDS = (
     "local_epochs",
     "clients_per_round",
     "batch_size",
+    "eval_batch_size",
     "optimizer",
     "lr",
     "weight_decay",
     "momentum",
+    "dice_loss_classes",
+    "nuclei_intensity",
     "seed",
     "image_size",
     "n_train",
@@ -40,6 +44,9 @@ FLAT_FIELDS = (
     "device",
     "eval_every",
 )
+# Flat fields whose None is written 0 (0 is never a valid value of theirs); other None
+# fields are written "".
+ZERO_MEANS_NONE = ("clients_per_round", "image_size", "lr")
 # RunConfig fields that are not run-wide: the node config says where its data is.
 NODE_FIELDS = ("data_root", "split_file")
 # Flower-side settings of a run, beside the RunConfig fields (defaults in pyproject.toml).
@@ -72,7 +79,7 @@ def to_run_config(config: RunConfig, **engine: Any) -> dict[str, Any]:
     for name in FLAT_FIELDS:
         value = getattr(config, name)
         if value is None:
-            value = 0 if name in ("clients_per_round", "image_size", "lr") else ""
+            value = 0 if name in ZERO_MEANS_NONE else ""
         elif isinstance(value, list):
             value = ",".join(value)
         flat[_key(name)] = value
@@ -110,7 +117,7 @@ def from_run_config(
         if _key(name) not in run_config:
             continue
         value = run_config[_key(name)]
-        if value in ("", 0) and defaults[name] is None:
+        if defaults[name] is None and (value == "" or (value == 0 and name in ZERO_MEANS_NONE)):
             value = None
         elif name == "sites":
             value = [s.strip() for s in str(value).split(",") if s.strip()] or None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fedbcs_fl.config import RunConfig
+from fedbcs_fl.data import load_sites
 from fedbcs_fl.data.checks import DataError, split_of, write_split
 from fedbcs_fl.data.nuclei import check_nuclei, load_nuclei
 from tests.data.conftest import nuclei_pair, write_nuclei_item, write_picture
@@ -28,12 +31,61 @@ def test_pixels_are_kept_at_native_size_and_masks_resized_nearest(tmp_path):
     for index in range(2):
         write_picture(tmp_path / "TCIA" / "images" / f"t{index}.png", image)
         write_picture(tmp_path / "TCIA" / "masks" / f"t{index}.tif", labels)
-    native = load_nuclei(tmp_path, sites=["TCIA"], image_size=10, augment=False)[0].test
+    native = load_nuclei(tmp_path, sites=["TCIA"], image_size=10, augment=False, intensity="dtype")
+    native = native[0].test
     torch.testing.assert_close(native[0][0], torch.from_numpy(image).permute(2, 0, 1) / 255)
     expected_mask = torch.from_numpy((labels > 0).astype(np.int64))
     assert torch.equal(native[0][1], expected_mask)
     doubled = load_nuclei(tmp_path, sites=["TCIA"], image_size=20, augment=False)[0].test
     assert torch.equal(doubled[0][1], expected_mask.repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def _two_ranges(root: Path) -> dict[str, torch.Tensor]:
+    """TCIA with two 10×10 images, values 50..101 and 0..51 (each spanning 51 levels, so
+    min–max gives multiples of 5/255, which 8-bit storage holds exactly); their pixels."""
+    rng = np.random.default_rng(0)
+    _, labels = nuclei_pair(seed=0, size=(10, 10))
+    pixels = {}
+    for stem, low in (("bright", 50), ("dark", 0)):
+        image = rng.integers(low, low + 52, (10, 10, 3), dtype=np.uint8)
+        image[0, 0, 0], image[0, 1, 1] = low, low + 51
+        write_picture(root / "TCIA" / "images" / f"{stem}.png", image)
+        write_picture(root / "TCIA" / "masks" / f"{stem}.tif", labels)
+        pixels[stem] = torch.from_numpy(image).permute(2, 0, 1).float()
+    return pixels
+
+
+def _samples(site) -> dict[str, torch.Tensor]:
+    return {
+        case: split[i][0] for split in (site.train, site.test) for i, case in enumerate(split.cases)
+    }
+
+
+def test_images_are_min_max_scaled_per_image_by_default_as_released(tmp_path):
+    pixels = _two_ranges(tmp_path)
+    (site,) = load_nuclei(tmp_path, sites=["TCIA"], image_size=10, augment=False)
+    for case, image in _samples(site).items():
+        low = pixels[case].min()
+        torch.testing.assert_close(image, (pixels[case] - low) / 51)
+    (site,) = load_nuclei(tmp_path, sites=["TCIA"], image_size=10, augment=False, intensity="dtype")
+    for case, image in _samples(site).items():
+        torch.testing.assert_close(image, pixels[case] / 255)
+    with pytest.raises(ValueError, match="intensity must be one of minmax, dtype"):
+        load_nuclei(tmp_path, sites=["TCIA"], image_size=10, intensity="unit")
+
+
+def test_the_run_config_chooses_the_nuclei_intensity(tmp_path):
+    pixels = _two_ranges(tmp_path)
+    config = RunConfig(
+        dataset="nuclei", data_root=str(tmp_path), sites=["TCIA"], image_size=10
+    ).resolved()
+    for intensity, scale in (
+        ("minmax", lambda p: (p - p.min()) / 51),
+        ("dtype", lambda p: p / 255),
+    ):
+        (site,) = load_sites(dataclasses.replace(config, nuclei_intensity=intensity))
+        for i, case in enumerate(site.test.cases):  # the test split is never augmented
+            torch.testing.assert_close(site.test[i][0], scale(pixels[case]))
 
 
 def test_lists_give_train_and_test_and_no_val(nuclei_root):

@@ -8,7 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedbcs_fl.cli import main
+from fedbcs_fl import client
+from fedbcs_fl.algorithms import build_algorithm
+from fedbcs_fl.cli import _common_argv, build_parser, config_from_args, main
+from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION
 
 TINY = [
     "--rounds",
@@ -72,6 +75,7 @@ def test_baseline_delta_in_summary(tmp_path):
     assert main([*args, "--out", str(run), "--baseline", str(base)]) == 0
     summary = (run / "summary.md").read_text()
     assert "fedavg (baseline)" in summary and "Δ" in summary
+    assert summary.index(FINAL_ROUND_CAPTION) < summary.index(BEST_ROUND_CAPTION)
 
 
 @pytest.mark.parametrize(
@@ -84,6 +88,9 @@ def test_baseline_delta_in_summary(tmp_path):
         (["train", "--method", "fedbcs", "--tau", "-1"], "tau must be in (0, inf); got -1.0"),
         (["train", "--method", "fedprox", "--mu", "nan"], "mu must be in [0, inf); got nan"),
         (["train", "--method", "fedbcs", "--fusion", "sideways"], "fusion must be one of"),
+        (["train", "--contrast", "capped"], "contrast must be one of released, exact"),
+        (["train", "--dice-loss-classes", "background"], "invalid choice: 'background'"),
+        (["train", "--nuclei-intensity", "unit"], "invalid choice: 'unit'"),
         (["train", "--dataset", "prostate"], "give --data-root"),
     ],
 )
@@ -95,3 +102,52 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+FIDELITY_FLAGS = [
+    "--dice-loss-classes", "foreground", "--eval-batch-size", "4",
+    "--nuclei-intensity", "dtype", "--momentum", "0",
+]  # fmt: skip
+
+
+def _fidelity_settings(config):
+    return (
+        config.dice_loss_classes,
+        config.eval_batch_size,
+        config.nuclei_intensity,
+        config.momentum,
+    )
+
+
+def test_fidelity_settings_reach_the_run_and_compare_passes_them_on():
+    parse = build_parser().parse_args
+    defaults = config_from_args(parse(["train"]))
+    assert _fidelity_settings(defaults) == ("all", 16, "minmax", 0.9)
+    assert build_algorithm(defaults, 3, 2).opt["contrast"] == "released"
+    config = config_from_args(parse(["train", "--contrast", "exact", *FIDELITY_FLAGS]))
+    assert _fidelity_settings(config) == ("foreground", 4, "dtype", 0.0)
+    assert build_algorithm(config, 3, 2).opt["contrast"] == "exact"
+    # compare hands its options to every run's ``fedbcs train``.
+    passed = _common_argv(parse(["compare", "--out", "cmp", *FIDELITY_FLAGS]))
+    assert _fidelity_settings(config_from_args(parse(["train", *passed]))) == (
+        _fidelity_settings(config)
+    )
+
+
+def test_eval_scores_at_the_eval_batch_size_given(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "fedavg", *TINY, "--rounds", "1", "--out", str(run)]) == 0
+    seen = []
+    original = client.evaluate_split
+
+    def recording(model, dataset, batch_size, device):
+        seen.append(batch_size)
+        return original(model, dataset, batch_size, device)
+
+    monkeypatch.setattr(client, "evaluate_split", recording)
+    assert main(["eval", "--checkpoint", str(run / "model.safetensors")]) == 0
+    assert set(seen) == {16}  # the run's config.json
+    seen.clear()
+    checkpoint = str(run / "model.safetensors")
+    assert main(["eval", "--checkpoint", checkpoint, "--eval-batch-size", "2"]) == 0
+    assert set(seen) == {2}

@@ -14,6 +14,7 @@ from fedbcs_fl.compare import (
     table1,
     table3,
 )
+from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION
 
 
 def test_parse_spec_turns_changes_into_train_arguments():
@@ -27,7 +28,7 @@ def test_parse_spec_turns_changes_into_train_arguments():
     [
         ("fedavgg", "valid: fedavg"),
         ("fedbcs/fsr", "use no-X or X=V"),
-        ("fedbcs/tua=0.1", "fedbcs has no option tua; valid: cdpa, fsr,"),
+        ("fedbcs/tua=0.1", "fedbcs has no option tua; valid: cdpa, contrast, fsr,"),
         ("fedbcs/tau=-1", "tau must be in \\(0, inf\\); got -1.0"),
         ("fedbcs/tau=cold", "tau=cold is not a number"),
         ("fedbcs/fsr=0", "write fsr as no-fsr"),
@@ -113,7 +114,9 @@ def test_compare_writes_reports_and_resumes(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "fedavg,fedbcs/no-cdpa", *TINY, "--out", str(out)]) == 0
     assert {"table1.md", "table3.md", "convergence.png"} <= {p.name for p in out.iterdir()}
-    assert "| fedbcs/no-cdpa |" in (out / "table1.md").read_text()
+    table1_md = (out / "table1.md").read_text()
+    assert "| fedbcs/no-cdpa |" in table1_md
+    assert table1_md.index(FINAL_ROUND_CAPTION) < table1_md.index(BEST_ROUND_CAPTION)
     finished = {
         s: (run_dir(out, s, 0) / "model.safetensors").stat().st_mtime_ns
         for s in ("fedavg", "fedbcs/no-cdpa")

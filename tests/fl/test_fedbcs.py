@@ -1,5 +1,6 @@
 """FedBCS client loss and payload against an independent, materialised computation."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -13,9 +14,25 @@ def _algorithm(**options):
     return FedBCS(config.resolved(), in_channels=3, num_classes=2)
 
 
-def test_alignment_terms_equal_materialised_formula():
+def _contrast_by_formula(cos, positives, tau, contrast):
+    """Eq. 15 per anchor in float64: plain exponentials ("exact"), or with the released
+    code's caps (logits ≤ 20, exponentials ≤ 1e6, 1e-9 added to both sums)."""
+    weights = (cos / tau).exp()
+    if contrast == "exact":
+        return -torch.log((weights * positives).sum(1) / weights.sum(1))
+    weights = (cos / tau).clamp(max=20).exp().clamp(max=1e6)
+    return -torch.log(((weights * positives).sum(1) + 1e-9) / (weights.sum(1) + 1e-9))
+
+
+def test_released_contrast_is_the_default():
+    assert _algorithm().opt["contrast"] == "released"
+
+
+# τ = 0.05 saturates nothing here; at τ = 0.005 the released caps bite on most anchors.
+@pytest.mark.parametrize("contrast, tau", [("exact", 0.05), ("released", 0.005)])
+def test_alignment_terms_equal_materialised_formula(contrast, tau):
     torch.manual_seed(0)
-    algorithm = _algorithm(tau=0.05)
+    algorithm = _algorithm(tau=tau, contrast=contrast)
     model = algorithm.build_model()
     x = torch.randn(2, 3, 32, 32)
     masks = (torch.rand(2, 32, 32) > 0.6).long()
@@ -36,8 +53,8 @@ def test_alignment_terms_equal_materialised_formula():
         labels = labels[:, 0].long()
         anchors = e[labels > 0]
         cos = F.normalize(anchors, dim=1) @ F.normalize(protos.double(), dim=1).T
-        weights = (cos / 0.05).exp()
-        expected_contra = -torch.log(weights[:, 1:].sum(1) / weights.sum(1)).mean()
+        positives = torch.tensor([False, True, True])
+        expected_contra = _contrast_by_formula(cos, positives, tau, contrast).mean()
         mean = payload[f"mean/{stream}"].double()
         expected_consis = ((anchors - mean[1]) ** 2).sum(1).mean() / dim
         torch.testing.assert_close(contra.double(), expected_contra, rtol=1e-4, atol=1e-5)

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
+from fedbcs_fl import client
 from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
+from fedbcs_fl.flower import client_app
 from fedbcs_fl.flower.local import alive
 from fedbcs_fl.flower.records import restore, store
 from fedbcs_fl.flower.settings import (
@@ -91,10 +93,59 @@ def test_run_config_round_trip_and_pyproject_defaults():
         from_run_config(defaults["config"], {"dataset": "prostate"})
 
 
-def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
+def test_run_config_carries_the_fidelity_settings_and_a_zero_momentum():
+    config = RunConfig(
+        dataset="synthetic-prostate",
+        optimizer="sgd",
+        momentum=0.0,
+        eval_batch_size=4,
+        dice_loss_classes="foreground",
+        nuclei_intensity="dtype",
+    ).resolved()
+    flat = to_run_config(config)
+    assert (flat["momentum"], flat["eval-batch-size"]) == (0.0, 4)
+    assert (flat["dice-loss-classes"], flat["nuclei-intensity"]) == ("foreground", "dtype")
+    assert from_run_config(flat) == config  # a momentum of 0 stays 0
+    # "" leaves the momentum to the dataset: none for nuclei, as released.
+    assert from_run_config({**flat, "momentum": ""}).momentum == 0.9
+    assert from_run_config({**flat, "momentum": "", "dataset": "nuclei"}).momentum == 0.0
+
+
+def _flower_task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch):
+    _flower_task_identity(monkeypatch)
+    config = RunConfig(
+        method="fedavg", image_size=32, init_features=4, n_test=3, eval_batch_size=2
+    ).resolved()
+    model = build_algorithm(config, 3, 2).build_model()
+    weights = ArrayRecord(torch_state_dict=model.state_dict())
+    message = Message(RecordDict({"arrays": weights}), dst_node_id=1, message_type="evaluate")
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0},
+        state=RecordDict(),
+        run_config=to_run_config(config),
+    )
+    seen = []
+    original = client.evaluate_split
+
+    def recording(model, dataset, batch_size, device):
+        seen.append(batch_size)
+        return original(model, dataset, batch_size, device)
+
+    monkeypatch.setattr(client, "evaluate_split", recording)
+    reply = client_app.evaluate(message, context)
+    assert seen == [2] and reply.content["metrics"]["num-examples"] == 3
+
+
+def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
+    _flower_task_identity(monkeypatch)
     config = RunConfig(image_size=32, init_features=8, method_options={"proto_dim": 8})
     config = config.resolved()
     strategy = AlgorithmStrategy(build_algorithm(config, 3, 2), config, on_round=print)

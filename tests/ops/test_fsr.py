@@ -135,6 +135,22 @@ def test_static_gate_starts_balanced():
     assert a.item() == pytest.approx(0.5) and b.item() == pytest.approx(0.5)
 
 
+def test_adaptive_gate_inputs_are_eq4_scaled_and_do_not_grow_with_the_image():
+    # Eq. 4 divides the spectrum by H·W, so Σ|Z|² = mean(x²) (Parseval) and a mean amplitude
+    # is at most sqrt(mean(x²) / (H·W)): the same pixel statistics on a larger image never
+    # give larger gate inputs. (The unnormalised spectrum's mean grows as sqrt(H·W).)
+    layer = FSR(4, gate="adaptive")
+    gen = torch.Generator().manual_seed(0)
+    inputs = {}
+    for side in (32, 128):
+        x = 0.7 + 0.3 * torch.randn(2, 4, side, side, generator=gen, dtype=torch.float64)
+        inputs[side] = layer.gate_inputs(x)
+        gap_norm, gap = inputs[side].chunk(2, dim=1)
+        assert (gap <= (x.pow(2).mean((2, 3)) / side**2).sqrt()).all()
+        assert (gap_norm <= 1 / side).all()  # IN(x): mean 0, mean square var/(var + eps) < 1
+    assert (inputs[128] < inputs[32]).all()
+
+
 @pytest.mark.parametrize("hw", [(8, 8), (7, 9), (16, 5), (1, 6)])
 def test_spectral_mean_amplitude(hw):
     x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)

@@ -1,0 +1,63 @@
+"""Which round a table reports: the final one by default, the best one beside it."""
+
+import pytest
+
+from fedbcs_fl.compare import table1
+from fedbcs_fl.results import (
+    BEST_ROUND_CAPTION,
+    FINAL_ROUND_CAPTION,
+    best_round,
+    final_round,
+    summary_tables,
+    write_summary,
+)
+
+
+def _record(round_index, dice=None):
+    record = {"round": round_index}
+    if dice is not None:
+        record["dice"] = dict(zip("AB", dice, strict=True))
+    return record
+
+
+# Rounds 2 and 3 tie for the best mean (0.7); round 4 is evaluated last; 5 is not evaluated.
+RUN = [
+    _record(1, (0.1, 0.3)),
+    _record(2, (0.6, 0.8)),
+    _record(3, (0.8, 0.6)),
+    _record(4, (0.5, 0.5)),
+    _record(5),
+]
+
+
+def test_final_round_is_the_last_evaluated_and_best_the_earliest_highest_mean():
+    assert final_round(RUN)["round"] == 4
+    assert best_round(RUN)["round"] == 2
+    with pytest.raises(ValueError, match="no evaluated round"):
+        best_round([_record(1)])
+
+
+def test_summary_shows_the_final_round_then_the_best_with_their_captions(tmp_path):
+    baseline = [_record(1, (0.5, 0.7)), _record(2, (0.4, 0.4))]
+    runs = [("fedavg (baseline)", baseline), ("fedbcs", RUN)]
+    text = summary_tables(runs, "fedavg (baseline)")
+    final, best = text.split(BEST_ROUND_CAPTION)
+    assert final.startswith(FINAL_ROUND_CAPTION)
+    assert "| Method | A | B | AVG | Δ | Round |" in final
+    assert "| fedavg (baseline) | 40.00 | 40.00 | 40.00 | - | 2 |" in final
+    assert "| fedbcs | 50.00 | 50.00 | 50.00 | +10.00 | 4 |" in final
+    assert "| fedavg (baseline) | 50.00 | 70.00 | 60.00 | - | 1 |" in best
+    assert "| fedbcs | 60.00 | 80.00 | 70.00 | +10.00 | 2 |" in best
+    assert "chosen on the test split, as the released code logs" in BEST_ROUND_CAPTION
+    path = tmp_path / "summary.md"
+    assert write_summary(path, "fedbcs on X", "2 rounds.", runs, "fedavg (baseline)") == text
+    assert path.read_text() == f"# fedbcs on X\n\n2 rounds.\n\n{text}"
+
+
+def test_compare_table1_at_the_final_or_each_seeds_best_round():
+    other_seed = [_record(1, (0.9, 0.9)), _record(2, (0.3, 0.5))]
+    results = {"fedbcs": [RUN, other_seed]}
+    final = table1(results, ["A", "B"]).splitlines()
+    assert final[2] == "| fedbcs | 40.00 ± 10.00 | 50.00 ± 0.00 | 45.00 ± 5.00 | - |"
+    best = table1(results, ["A", "B"], pick=best_round).splitlines()
+    assert best[2] == "| fedbcs | 75.00 ± 15.00 | 85.00 ± 5.00 | 80.00 ± 10.00 | - |"
