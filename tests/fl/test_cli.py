@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedbcs_fl import client
 from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.cli import _common_argv, build_parser, config_from_args, main
 from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION
@@ -134,17 +133,10 @@ def test_fidelity_settings_reach_the_run_and_compare_passes_them_on():
     )
 
 
-def test_eval_scores_at_the_eval_batch_size_given(tmp_path, capsys, monkeypatch):
+def test_eval_scores_at_the_eval_batch_size_given(tmp_path, capsys, eval_batch_sizes):
     run = tmp_path / "run"
     assert main(["train", "--method", "fedavg", *TINY, "--rounds", "1", "--out", str(run)]) == 0
-    seen = []
-    original = client.evaluate_split
-
-    def recording(model, dataset, batch_size, device):
-        seen.append(batch_size)
-        return original(model, dataset, batch_size, device)
-
-    monkeypatch.setattr(client, "evaluate_split", recording)
+    seen = eval_batch_sizes
     assert main(["eval", "--checkpoint", str(run / "model.safetensors")]) == 0
     assert set(seen) == {16}  # the run's config.json
     seen.clear()

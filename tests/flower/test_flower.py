@@ -19,7 +19,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
-from fedbcs_fl import client
 from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
@@ -117,7 +116,7 @@ def _flower_task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
-def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch):
+def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch, eval_batch_sizes):
     _flower_task_identity(monkeypatch)
     config = RunConfig(
         method="fedavg", image_size=32, init_features=4, n_test=3, eval_batch_size=2
@@ -132,14 +131,7 @@ def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch):
         state=RecordDict(),
         run_config=to_run_config(config),
     )
-    seen = []
-    original = client.evaluate_split
-
-    def recording(model, dataset, batch_size, device):
-        seen.append(batch_size)
-        return original(model, dataset, batch_size, device)
-
-    monkeypatch.setattr(client, "evaluate_split", recording)
+    seen = eval_batch_sizes
     reply = client_app.evaluate(message, context)
     assert seen == [2] and reply.content["metrics"]["num-examples"] == 3
 
