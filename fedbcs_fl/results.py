@@ -81,8 +81,36 @@ def dice_table(
     return "\n".join(lines) + "\n"
 
 
+def verdict(runs: list[tuple[str, list[dict]]], baseline: str) -> str:
+    """Plain sentences: each run's final-round mean Dice against the baseline's, whatever
+    the sign, and how many sites it is ahead on.
+
+    Args:
+        runs: (method label, the run's round records), the baseline's among them.
+        baseline: the label of the baseline run.
+    """
+    finals = {label: final_round(records)["dice"] for label, records in runs}
+    base = finals[baseline]
+    lines = []
+    for label, dice in finals.items():
+        if label == baseline:
+            continue
+        delta = 100 * (np.mean(list(dice.values())) - np.mean(list(base.values())))
+        ahead = sum(dice[site] > base[site] for site in base)
+        word = "above" if delta > 0 else "below" if delta < 0 else "level with"
+        lines.append(
+            f"**{label} ends {abs(delta):.2f} points {word} {baseline}** (final-round mean "
+            f"Dice {100 * np.mean(list(dice.values())):.2f} vs "
+            f"{100 * np.mean(list(base.values())):.2f}), ahead on {ahead} of {len(base)} sites. "
+            "One seed: weigh the difference against the spread over seeds in "
+            "docs/results.md before concluding."
+        )
+    return "\n\n".join(lines) + "\n"
+
+
 def summary_tables(runs: list[tuple[str, list[dict]]], baseline: str | None = None) -> str:
-    """The final-round table, then the best-round one, each under its caption.
+    """With a baseline, the :func:`verdict` first; then the final-round table and the
+    best-round one, each under its caption.
 
     Args:
         runs: (method label, the run's round records).
@@ -94,6 +122,8 @@ def summary_tables(runs: list[tuple[str, list[dict]]], baseline: str | None = No
         rows = [(label, record["dice"]) for label, record in picked]
         table = dice_table(rows, baseline, rounds=[record["round"] for _, record in picked])
         tables.append(f"{caption}\n\n{table}")
+    if baseline is not None:
+        tables.insert(0, verdict(runs, baseline))
     return "\n".join(tables)
 
 

@@ -9,6 +9,7 @@ from fedbcs_fl.results import (
     best_round,
     final_round,
     summary_tables,
+    verdict,
     write_summary,
 )
 
@@ -42,7 +43,7 @@ def test_summary_shows_the_final_round_then_the_best_with_their_captions(tmp_pat
     runs = [("fedavg (baseline)", baseline), ("fedbcs", RUN)]
     text = summary_tables(runs, "fedavg (baseline)")
     final, best = text.split(BEST_ROUND_CAPTION)
-    assert final.startswith(FINAL_ROUND_CAPTION)
+    assert final.startswith(verdict(runs, "fedavg (baseline)") + "\n" + FINAL_ROUND_CAPTION)
     assert "| Method | A | B | AVG | Δ | Round |" in final
     assert "| fedavg (baseline) | 40.00 | 40.00 | 40.00 | - | 2 |" in final
     assert "| fedbcs | 50.00 | 50.00 | 50.00 | +10.00 | 4 |" in final
@@ -52,6 +53,20 @@ def test_summary_shows_the_final_round_then_the_best_with_their_captions(tmp_pat
     path = tmp_path / "summary.md"
     assert write_summary(path, "fedbcs on X", "2 rounds.", runs, "fedavg (baseline)") == text
     assert path.read_text() == f"# fedbcs on X\n\n2 rounds.\n\n{text}"
+
+
+def test_the_verdict_says_plainly_which_run_ends_ahead_whatever_the_sign():
+    baseline = [_record(1, (0.5, 0.7)), _record(2, (0.4, 0.6))]
+    better = [_record(2, (0.45, 0.58))]
+    worse = [_record(2, (0.41, 0.5))]
+    runs = [("fedavg", baseline), ("fedbcs", better), ("other", worse)]
+    first, second = verdict(runs, "fedavg").strip().split("\n\n")
+    assert first.startswith("**fedbcs ends 1.50 points above fedavg** (final-round mean Dice")
+    assert "51.50 vs 50.00), ahead on 1 of 2 sites." in first
+    assert second.startswith("**other ends 4.50 points below fedavg**")
+    assert "ahead on 1 of 2 sites" in second
+    assert "level with" in verdict([("a", baseline), ("b", baseline)], "a")
+    assert summary_tables(runs).startswith(FINAL_ROUND_CAPTION)  # no baseline, no verdict
 
 
 def test_compare_table1_at_the_final_or_each_seeds_best_round():
