@@ -65,7 +65,8 @@ def test_the_verdict_says_plainly_which_run_ends_ahead_whatever_the_sign():
     assert "51.50 vs 50.00), ahead on 1 of 2 sites." in first
     assert second.startswith("**other ends 4.50 points below fedavg**")
     assert "ahead on 1 of 2 sites" in second
-    assert "level with" in verdict([("a", baseline), ("b", baseline)], "a")
+    level = verdict([("a", baseline), ("b", baseline)], "a")
+    assert "level with a" in level and "ahead on 0 of 2 sites" in level
     assert summary_tables(runs).startswith(FINAL_ROUND_CAPTION)  # no baseline, no verdict
 
 
