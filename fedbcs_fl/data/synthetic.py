@@ -52,7 +52,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -111,19 +111,19 @@ class NucleiStyle:
     haematoxylin_strength: float
     eosin_strength: float
     texture_scale: float
-    texture_anisotropy: float
-    texture_angle: float
     texture_contrast: float
     blur: float
-    blur_anisotropy: float
-    blur_angle: float
-    sharpen: float
-    fda: float
-    curve: Curve
     gamma: float
-    stripes: float
     noise: float
     jitter: float
+    texture_anisotropy: float = 1.0
+    texture_angle: float = 0.0
+    blur_anisotropy: float = 1.0
+    blur_angle: float = 0.0
+    sharpen: float = 0.0
+    fda: float = 0.0
+    curve: Curve = _IDENTITY
+    stripes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -149,16 +149,16 @@ class ProstateStyle:
     """
 
     bias: float
-    coil: float
     resolution: float
-    blur_anisotropy: float
-    fda: float
-    ghost: float
     noise: float
     window: tuple[float, float]
     gamma: float
-    curve: Curve
     jitter: float
+    coil: float = 0.0
+    blur_anisotropy: float = 1.0
+    fda: float = 0.0
+    ghost: float = 0.0
+    curve: Curve = _IDENTITY
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,47 @@ class Site:
     slice_thickness: float = 0.0
 
 
-_HE = {"haematoxylin": (0.65, 0.70, 0.29), "eosin": (0.07, 0.99, 0.11)}
+# site-A pools three stainings of one scanner; the second and third differ from the first
+# (textbook H&E) only where they say.
+_TEXTBOOK = NucleiStyle(
+    haematoxylin=(0.65, 0.70, 0.29),
+    eosin=(0.07, 0.99, 0.11),
+    illuminant=(0.96, 0.94, 0.96),
+    haematoxylin_strength=1.0,
+    eosin_strength=0.55,
+    texture_scale=1.5,
+    texture_contrast=0.35,
+    blur=0.5,
+    curve=(0.0, 0.2, 0.5, 0.8, 1.0),
+    gamma=1.0,
+    noise=0.02,
+    jitter=0.8,
+)
+_PURPLE = replace(
+    _TEXTBOOK,
+    haematoxylin=(0.55, 0.76, 0.34),
+    eosin=(0.28, 0.90, 0.33),
+    illuminant=(0.93, 0.90, 0.95),
+    haematoxylin_strength=1.4,
+    eosin_strength=0.9,
+    texture_scale=3.0,
+    texture_anisotropy=1.5,
+    texture_angle=0.8,
+    texture_contrast=0.3,
+    blur=0.6,
+    gamma=1.3,
+)
+_PALE = replace(
+    _TEXTBOOK,
+    haematoxylin=(0.72, 0.64, 0.27),
+    eosin=(0.03, 0.85, 0.52),
+    illuminant=(0.98, 0.97, 0.97),
+    haematoxylin_strength=0.7,
+    eosin_strength=0.4,
+    texture_scale=2.0,
+    texture_contrast=0.45,
+    gamma=0.85,
+)
 
 _NUCLEI_SITES: dict[str, Site] = {
     # Pools three tumour types scanned on one scanner (TCIA-like): textbook, purple and
@@ -192,70 +232,7 @@ _NUCLEI_SITES: dict[str, Site] = {
     "site-A": Site(
         size=1.5,
         magnification=1.0,
-        styles=(
-            NucleiStyle(
-                **_HE,
-                illuminant=(0.96, 0.94, 0.96),
-                haematoxylin_strength=1.0,
-                eosin_strength=0.55,
-                texture_scale=1.5,
-                texture_anisotropy=1.0,
-                texture_angle=0.0,
-                texture_contrast=0.35,
-                blur=0.5,
-                blur_anisotropy=1.0,
-                blur_angle=0.0,
-                sharpen=0.0,
-                fda=0.0,
-                curve=(0.0, 0.2, 0.5, 0.8, 1.0),
-                gamma=1.0,
-                stripes=0.0,
-                noise=0.02,
-                jitter=0.8,
-            ),
-            NucleiStyle(
-                haematoxylin=(0.55, 0.76, 0.34),
-                eosin=(0.28, 0.90, 0.33),
-                illuminant=(0.93, 0.90, 0.95),
-                haematoxylin_strength=1.4,
-                eosin_strength=0.9,
-                texture_scale=3.0,
-                texture_anisotropy=1.5,
-                texture_angle=0.8,
-                texture_contrast=0.3,
-                blur=0.6,
-                blur_anisotropy=1.0,
-                blur_angle=0.0,
-                sharpen=0.0,
-                fda=0.0,
-                curve=(0.0, 0.2, 0.5, 0.8, 1.0),
-                gamma=1.3,
-                stripes=0.0,
-                noise=0.02,
-                jitter=0.8,
-            ),
-            NucleiStyle(
-                haematoxylin=(0.72, 0.64, 0.27),
-                eosin=(0.03, 0.85, 0.52),
-                illuminant=(0.98, 0.97, 0.97),
-                haematoxylin_strength=0.7,
-                eosin_strength=0.4,
-                texture_scale=2.0,
-                texture_anisotropy=1.0,
-                texture_angle=0.0,
-                texture_contrast=0.45,
-                blur=0.5,
-                blur_anisotropy=1.0,
-                blur_angle=0.0,
-                sharpen=0.0,
-                fda=0.0,
-                curve=(0.0, 0.2, 0.5, 0.8, 1.0),
-                gamma=0.85,
-                stripes=0.0,
-                noise=0.02,
-                jitter=0.8,
-            ),
-        ),
+        styles=(_TEXTBOOK, _PURPLE, _PALE),
     ),
     # High magnification (large nuclei), over-stained, blur along one axis, sharpened.
     "site-B": Site(
@@ -269,8 +246,6 @@ _NUCLEI_SITES: dict[str, Site] = {
                 haematoxylin_strength=1.5,
                 eosin_strength=1.0,
                 texture_scale=5.0,
-                texture_anisotropy=1.0,
-                texture_angle=0.0,
                 texture_contrast=0.35,
                 blur=1.3,
                 blur_anisotropy=3.0,
@@ -279,7 +254,6 @@ _NUCLEI_SITES: dict[str, Site] = {
                 fda=0.5,
                 curve=(0.0, 0.35, 0.62, 0.82, 0.94, 1.0),
                 gamma=1.4,
-                stripes=0.0,
                 noise=0.03,
                 jitter=1.0,
             ),
@@ -301,13 +275,9 @@ _NUCLEI_SITES: dict[str, Site] = {
                 texture_angle=0.5,
                 texture_contrast=0.55,
                 blur=1.1,
-                blur_anisotropy=1.0,
-                blur_angle=0.0,
-                sharpen=0.0,
                 fda=0.7,
                 curve=(0.0, 0.3, 0.58, 0.85, 1.0, 1.0),
                 gamma=1.0,
-                stripes=0.0,
                 noise=0.02,
                 jitter=1.2,
             ),
@@ -343,6 +313,19 @@ _NUCLEI_SITES: dict[str, Site] = {
     ),
 }
 
+# site-C pools two protocols: a T2 TSE, and a coarser, darker one with clipped highlights.
+_TSE = ProstateStyle(
+    bias=0.35, resolution=1.0, fda=0.3, noise=0.03, window=(0.1, 0.95), gamma=1.5, jitter=1.0
+)
+_TSE_DARK = replace(
+    _TSE,
+    resolution=1.3,
+    noise=0.04,
+    window=(0.15, 0.9),
+    gamma=1.0,
+    curve=(0.0, 0.1, 0.3, 0.7, 1.0, 1.0),
+)
+
 _PROSTATE_SITES: dict[str, Site] = {
     # 3 T with an endorectal coil: bright posterior hot spot, sharp, moderately noisy.
     "site-A": Site(
@@ -354,13 +337,9 @@ _PROSTATE_SITES: dict[str, Site] = {
                 bias=0.25,
                 coil=1.2,
                 resolution=1.0,
-                blur_anisotropy=1.0,
-                fda=0.0,
-                ghost=0.0,
                 noise=0.04,
                 window=(0.0, 1.2),
                 gamma=1.0,
-                curve=_IDENTITY,
                 jitter=0.8,
             ),
         ),
@@ -377,7 +356,6 @@ _PROSTATE_SITES: dict[str, Site] = {
                 resolution=1.8,
                 blur_anisotropy=1.5,
                 fda=0.4,
-                ghost=0.0,
                 noise=0.06,
                 window=(0.05, 1.0),
                 gamma=0.75,
@@ -391,34 +369,7 @@ _PROSTATE_SITES: dict[str, Site] = {
         size=0.5,
         magnification=0.85,
         slice_thickness=0.4,
-        styles=(
-            ProstateStyle(
-                bias=0.35,
-                coil=0.0,
-                resolution=1.0,
-                blur_anisotropy=1.0,
-                fda=0.3,
-                ghost=0.0,
-                noise=0.03,
-                window=(0.1, 0.95),
-                gamma=1.5,
-                curve=_IDENTITY,
-                jitter=1.0,
-            ),
-            ProstateStyle(
-                bias=0.35,
-                coil=0.0,
-                resolution=1.3,
-                blur_anisotropy=1.0,
-                fda=0.3,
-                ghost=0.0,
-                noise=0.04,
-                window=(0.15, 0.9),
-                gamma=1.0,
-                curve=(0.0, 0.1, 0.3, 0.7, 1.0, 1.0),
-                jitter=1.0,
-            ),
-        ),
+        styles=(_TSE, _TSE_DARK),
     ),
     # 1.5 T body coil: a third of the resolution, strongly anisotropic, strong noise.
     "site-D": Site(
@@ -428,15 +379,12 @@ _PROSTATE_SITES: dict[str, Site] = {
         styles=(
             ProstateStyle(
                 bias=0.3,
-                coil=0.0,
                 resolution=3.0,
                 blur_anisotropy=2.0,
                 fda=0.5,
-                ghost=0.0,
                 noise=0.09,
                 window=(0.0, 1.0),
                 gamma=1.0,
-                curve=_IDENTITY,
                 jitter=1.0,
             ),
         ),
@@ -449,9 +397,7 @@ _PROSTATE_SITES: dict[str, Site] = {
         styles=(
             ProstateStyle(
                 bias=0.45,
-                coil=0.0,
                 resolution=1.3,
-                blur_anisotropy=1.0,
                 fda=0.6,
                 ghost=0.25,
                 noise=0.04,
@@ -470,11 +416,8 @@ _PROSTATE_SITES: dict[str, Site] = {
         styles=(
             ProstateStyle(
                 bias=0.15,
-                coil=0.0,
                 resolution=1.0,
-                blur_anisotropy=1.0,
                 fda=0.2,
-                ghost=0.0,
                 noise=0.015,
                 window=(0.0, 0.8),
                 gamma=1.1,
@@ -495,8 +438,8 @@ SITE_SIZES: dict[str, dict[str, float]] = {
 }
 """Each site's share of ``n_train`` (the shares of a data set average 1)."""
 
-# Content is drawn at this reference size; other image sizes show the same scene at a
-# finer or coarser resolution, so the label distribution does not depend on the size.
+# Sizes are given in pixels of this reference size; other image sizes show the same
+# masks at a finer or coarser resolution (textures, noise and distractors are drawn anew).
 _REFERENCE_SIZE = 64
 _MIN_IMAGE_SIZE = 32
 _MIN_TRAIN = 2
@@ -822,6 +765,16 @@ _SHARPEN_CUTOFF = 0.12  # cycles per pixel where the sharpening gain has risen t
 _STRIPE_PERIOD = 4.0  # reference pixels
 
 
+def _sharpening(size: int, gain: torch.Tensor) -> torch.Tensor:
+    """``[n, 1, S, S]`` transfer of a scanner's sharpening filter of per-image ``gain [n]``:
+    ``1 + gain · (1 − exp(−(f / f_c)²))`` with ``f`` in cycles per reference pixel, so the
+    filter is the same at every image size."""
+    fy, fx = _frequencies(size)
+    radius = torch.sqrt(fy**2 + fx**2) * size / _REFERENCE_SIZE
+    high = 1 - torch.exp(-((radius / _SHARPEN_CUTOFF) ** 2))
+    return 1 + gain.view(-1, 1, 1, 1) * high
+
+
 def _counts(gen: torch.Generator, n: int, mean: float) -> tuple[torch.Tensor, int]:
     """Poisson counts per image as an ``[n, k]`` activity mask, and k (the cap)."""
     k = max(4, math.ceil(mean + 4 * math.sqrt(mean)))
@@ -968,12 +921,9 @@ def _render_nuclei(
     )
     rgb = illuminant.clamp(max=1)[..., None, None] * torch.exp(-optical_density)
 
-    fy, fx = _frequencies(size)
-    radius = torch.sqrt(fy**2 + fx**2) * _REFERENCE_SIZE / size  # per reference pixel
-    high = 1 - torch.exp(-((radius / _SHARPEN_CUTOFF) ** 2))
     blur = value["blur"] * _lognormal(style_gen, (n,), 0.25 * jitter) * scale
     transfer = _mtf(size, blur, value["blur_anisotropy"], value["blur_angle"])
-    transfer = transfer * (1 + value["sharpen"].view(-1, 1, 1, 1) * high)
+    transfer = transfer * _sharpening(size, value["sharpen"])
     rgb = _filter(rgb, transfer)
     weight = (value["fda"] * _lognormal(style_gen, (n,), 0.3 * jitter)).clamp(max=1)
     rgb = _fda(rgb, reference, weight.view(-1, 1, 1, 1))

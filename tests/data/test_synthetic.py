@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -301,3 +302,13 @@ def test_runs_record_the_generator_version_and_refuse_another():
     assert old.data_version == 1
     with pytest.raises(ValueError, match="version 1; this fedbcs generates version 2"):
         load_sites(old)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_sharpening_is_the_same_filter_at_every_image_size(size):
+    """At the cutoff frequency (in cycles per reference pixel) the gain has risen to 63 %."""
+    transfer = synthetic._sharpening(size, torch.tensor([0.8]))[0, 0]
+    column = round(synthetic._SHARPEN_CUTOFF * synthetic._REFERENCE_SIZE)  # cycles per image
+    at_cutoff = transfer[0, column]  # the same cycles per image at every size
+    expected = 1 + 0.8 * (1 - math.exp(-((column / 64 / synthetic._SHARPEN_CUTOFF) ** 2)))
+    assert at_cutoff.item() == pytest.approx(expected, rel=1e-5)
