@@ -70,11 +70,12 @@ def test_aggregation_size_weighted_and_one_client():
 
 
 def test_two_rounds_end_to_end():
-    sites = make_synthetic("synthetic-nuclei", n_train=6, n_test=3, image_size=32)
+    # At least 4 images on the smallest site (shares 1.5, 0.75, 0.5, 1.25): two steps each.
+    sites = make_synthetic("synthetic-nuclei", n_train=8, n_test=3, image_size=32)
     config = RunConfig(
         method="fedprox",
         rounds=2,
-        n_train=6,
+        n_train=8,
         n_test=3,
         image_size=32,
         init_features=8,
