@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from .client import evaluate_split
+from .client import evaluate_site
 from .compare import table1
 from .config import RunConfig
 from .data import load_sites
@@ -232,11 +232,8 @@ def _train(config: RunConfig, sites: list[SiteData]) -> nn.Module:
 
 
 def _dice(model: nn.Module, sites: list[SiteData], config: RunConfig) -> list[float]:
-    """Dice (%) of ``model`` on each site's test split."""
-    device = torch.device(config.device)
-    return [
-        100 * evaluate_split(model, site.test, config.batch_size, device)["dice"] for site in sites
-    ]
+    """Dice (%) of ``model`` on each site's test split, scored as the engines score it."""
+    return [100 * evaluate_site(model, site, config)["dice"] for site in sites]
 
 
 def pooled_site(sites: list[SiteData]) -> SiteData:

@@ -159,10 +159,12 @@ def test_targets_and_tables_of_a_hand_made_calibration():
     assert "| FedAvg mean Dice (%) | 87.67 ± 0.00 | in [70, 85] | FAIL |" in markdown.markdown()
 
 
-def test_tiny_run_writes_the_reports_and_reuses_the_engine(tmp_path, capsys):
+def test_tiny_run_writes_the_reports_and_reuses_the_engine(tmp_path, capsys, eval_batch_sizes):
     out = tmp_path / "calibration"
     args = ["calibrate-data", "--sites", "site-A,site-B", "--rounds", "1", *TINY]
-    assert main([*args, "--quiet", "--out", str(out)]) == 0
+    assert main([*args, "--eval-batch-size", "5", "--quiet", "--out", str(out)]) == 0
+    # Every model is scored as the engines score the global model.
+    assert eval_batch_sizes and set(eval_batch_sizes) == {5}
     assert "## Targets" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {
         "calibration.json",
