@@ -234,15 +234,16 @@ _NUCLEI_SITES: dict[str, Site] = {
         magnification=1.0,
         styles=(_TEXTBOOK, _PURPLE, _PALE),
     ),
-    # High magnification (large nuclei), over-stained, blur along one axis, sharpened.
+    # High magnification (large nuclei), over-stained under a yellowed mountant (olive
+    # cast), blur along one axis, sharpened.
     "site-B": Site(
         size=0.75,
-        magnification=1.4,
+        magnification=1.7,
         styles=(
             NucleiStyle(
-                haematoxylin=(0.50, 0.80, 0.33),
+                haematoxylin=(0.45, 0.62, 0.64),
                 eosin=(0.30, 0.85, 0.43),
-                illuminant=(0.92, 0.88, 0.94),
+                illuminant=(0.95, 0.9, 0.7),
                 haematoxylin_strength=1.5,
                 eosin_strength=1.0,
                 texture_scale=5.0,
@@ -259,13 +260,14 @@ _NUCLEI_SITES: dict[str, Site] = {
             ),
         ),
     ),
-    # Low magnification (small nuclei), faded, out of focus, highlights clipped.
+    # Low magnification (small nuclei), faded, cyan hematoxylin, out of focus, highlights
+    # clipped.
     "site-C": Site(
         size=0.5,
-        magnification=0.75,
+        magnification=0.7,
         styles=(
             NucleiStyle(
-                haematoxylin=(0.72, 0.64, 0.27),
+                haematoxylin=(0.86, 0.45, 0.24),
                 eosin=(0.03, 0.85, 0.52),
                 illuminant=(0.98, 0.97, 0.97),
                 haematoxylin_strength=1.0,
