@@ -63,6 +63,7 @@ def _assert_equal(actual: dict, expected: dict):
     "kind, where",
     [
         ("raise", "faults"),
+        ("raise_mid_round", "faults"),
         ("dropout", "faults"),
         ("nan", "rejected"),
         ("inf", "rejected"),

@@ -6,7 +6,7 @@ import torch
 from fedbcs_fl.algorithms.base import ClientUpdate
 from fedbcs_fl.algorithms.fedplvm import image_class_means
 
-from ._tiny import algorithm, context, logged, run_two_rounds
+from .._tiny import algorithm, context, logged, run_two_rounds
 
 
 def test_image_class_means_equal_a_loop():
@@ -40,7 +40,7 @@ def test_local_clusters_of_per_image_class_means():
     assert payload["labels"].tolist() == [0, 1, 1]
     expected = torch.stack([torch.ones(2), foreground[:2].mean(0), foreground[2:4].mean(0)])
     torch.testing.assert_close(payload["protos"], expected)
-    assert method.count_prototypes(payload) == 3 and "image_means" not in ctx.state
+    assert method.count_prototypes(payload) == 3 and ctx.state == {}
 
 
 def _naive(features, masks, payload, tau, alpha):

@@ -5,7 +5,7 @@ import torch
 
 from fedbcs_fl.algorithms.base import ClientUpdate
 
-from ._tiny import algorithm, context, logged, run_two_rounds
+from .._tiny import algorithm, context, logged, run_two_rounds
 
 # One 2×2 image, D = 2: class 0 at (0,0), (0,1), (1,0); class 1 at (1,1).
 MASKS = torch.tensor([[[0, 0], [0, 1]]])

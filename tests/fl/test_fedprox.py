@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedbcs_fl.algorithms.base import ClientUpdate, LocalContext
-from fedbcs_fl.algorithms.fedprox import FedProx
+from fedbcs_fl.algorithms.fedprox import ANCHOR_KEY, FedProx
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data.synthetic import make_synthetic
 from fedbcs_fl.losses import segmentation_loss
@@ -51,12 +51,11 @@ def test_proximal_term_and_gradient_by_hand():
     torch.testing.assert_close(
         prox_grad_weight - model.weight.grad, 0.1 * torch.tensor([1.0, -2.0]).view(2, 1, 1, 1)
     )
-    # The snapshot is a detached copy of the round's global weights.
-    anchors = ctx.state["fedprox/global_parameters"]
+    # The snapshot is a detached copy of the round's global weights, kept for the round only.
+    anchors = ctx.scratch[ANCHOR_KEY]
     assert not any(a.requires_grad for a in anchors)
     assert anchors[0].flatten().tolist() == [1.0, 2.0]
-    assert algorithm.end_local(model, ctx) == {}
-    assert "fedprox/global_parameters" not in ctx.state
+    assert algorithm.end_local(model, ctx) == {} and ctx.state == {}
 
 
 def test_aggregation_size_weighted_and_one_client():

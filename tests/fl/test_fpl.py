@@ -5,7 +5,7 @@ import torch
 
 from fedbcs_fl.algorithms.base import ClientUpdate
 
-from ._tiny import algorithm, context, logged, run_two_rounds
+from .._tiny import algorithm, context, logged, run_two_rounds
 
 
 def _inputs():

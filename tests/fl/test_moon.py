@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from fedbcs_fl.algorithms.base import LocalContext
-from fedbcs_fl.algorithms.moon import MOON, moon_contrastive_loss
+from fedbcs_fl.algorithms.moon import (
+    GLOBAL_KEY,
+    MOON,
+    PREVIOUS_KEY,
+    PREVIOUS_WEIGHTS_KEY,
+    moon_contrastive_loss,
+)
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data.synthetic import make_synthetic
 from fedbcs_fl.simulation import Simulation
@@ -57,8 +63,8 @@ def test_previous_model_kept_between_rounds():
     algorithm.training_loss(model, images, masks, ctx)
     assert ctx.logs["moon/contrastive"] == pytest.approx(math.log(2), rel=1e-6)
     assert algorithm.end_local(model, ctx) == {}
-    stored = state["moon/previous_weights"]
-    assert set(state) == {"moon/previous_weights"}  # this round's frozen models are dropped
+    stored = state[PREVIOUS_WEIGHTS_KEY]
+    assert set(state) == {PREVIOUS_WEIGHTS_KEY}  # the frozen models are the round's scratch
 
     # Second round, from other global weights: z_prev comes from the stored weights.
     with torch.no_grad():
@@ -66,7 +72,7 @@ def test_previous_model_kept_between_rounds():
             p.add_(0.05 * torch.randn_like(p))
     ctx = LocalContext(global_payload={}, state=state, device=torch.device("cpu"))
     algorithm.begin_local(model, ctx)
-    previous, frozen_global = state["moon/previous_model"], state["moon/global_model"]
+    previous, frozen_global = ctx.scratch[PREVIOUS_KEY], ctx.scratch[GLOBAL_KEY]
     assert not any(p.requires_grad for p in previous.parameters())
     algorithm.training_loss(model, images, masks, ctx).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
