@@ -64,7 +64,7 @@ def tiny_sites(num_sites: int | None = None, **fields):
     return load_sites(tiny_config(**fields))[:num_sites]
 
 
-def algorithm(method: str, **options):
+def tiny_algorithm(method: str, **options):
     """``method`` built for the tiny run (3 channels, 2 classes) with method ``options``."""
     return build_algorithm(tiny_config(method, method_options=options), 3, 2)
 

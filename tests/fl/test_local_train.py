@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedbcs_fl.checkpoint import load_checkpoint, save_checkpoint, unloadable_entry
 from fedbcs_fl.client import local_train
 
-from .._tiny import algorithm
+from .._tiny import tiny_algorithm
 
 LOADABLE = {
     "weights": {"w": torch.ones(2), "b": nn.Parameter(torch.zeros(1))},
@@ -51,7 +51,7 @@ class Fails(Exception):
 def _round(fail_at_step: int | None, park_in_state: bool):
     """One local round of a FedAvg that puts a model into its scratch (or, misused, into
     its persistent state) and raises at ``fail_at_step``; returns the scratch it used."""
-    method = algorithm("fedavg")
+    method = tiny_algorithm("fedavg")
     used = {}
 
     def begin_local(model, ctx):
