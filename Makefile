@@ -1,11 +1,12 @@
 # `make run`: set up .venv and run the main job. `make test`: set up .venv and run the tests.
+# `make test-fast`: the tests without the end-to-end runs (marker e2e) and the slow ones.
 # The venv is created once and reinstalled only when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench gpu-check
+.PHONY: setup run test test-fast lint bench gpu-check
 
 setup: $(STAMP)
 
@@ -26,7 +27,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e and not slow"
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-enable -q -p no:cacheprovider

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import io
 import os
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+# What ``torch.load(weights_only=True)`` reads besides tensors (exact types: a subclass,
+# e.g. a NumPy float, is refused), and the containers it reads them in.
+LOADABLE_SCALARS = (bool, int, float, str, type(None))
+LOADABLE_SEQUENCES = (list, tuple)
+LOADABLE_MAPPINGS = (dict, OrderedDict)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -48,6 +55,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def save_model(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, str]):
     """The global model as safetensors, atomically."""
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in weights.items()}, metadata))
+
+
+def unloadable_entry(value: Any, path: str) -> str | None:
+    """The first entry of ``value`` that :func:`load_checkpoint` could not read back, as its
+    path from ``path`` and its type (e.g. ``"state['model'], a Linear"``); None if none.
+
+    A checkpoint is read with ``weights_only=True``: tensors, numbers, strings, None, and
+    lists, tuples and dicts (with str or int keys, as Flower's node state also needs) of
+    them. One module or generator anywhere makes the whole checkpoint unreadable.
+    """
+    if isinstance(value, torch.Tensor) or type(value) in LOADABLE_SCALARS:
+        return None
+    if type(value) in LOADABLE_SEQUENCES:
+        items = enumerate(value)
+    elif type(value) in LOADABLE_MAPPINGS:
+        for key in value:
+            if type(key) not in (str, int):
+                return f"{path}[{key!r}], a key of type {type(key).__name__}"
+        items = value.items()
+    else:
+        return f"{path}, a {type(value).__name__}"
+    for key, item in items:
+        entry = unloadable_entry(item, f"{path}[{key!r}]")
+        if entry is not None:
+            return entry
+    return None
 
 
 def save_checkpoint(path: str | Path, state: dict, before_rename=None) -> None:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, ClientUpdate, LocalContext
+from .checkpoint import unloadable_entry
 from .config import RunConfig
 from .data.base import SiteData
 from .metrics import segmentation_metrics
@@ -49,6 +50,18 @@ def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def check_state(algorithm: Algorithm, state: dict) -> None:
+    """Raise ``TypeError`` naming the entry of a client's persistent ``state`` that a
+    checkpoint cannot hold (:func:`~fedbcs_fl.checkpoint.unloadable_entry`)."""
+    entry = unloadable_entry(state, "state")
+    if entry is not None:
+        raise TypeError(
+            f"{algorithm.name} keeps {entry}, in the client's persistent state, which a "
+            "checkpoint cannot hold (tensors, numbers, strings, None, and lists, tuples and "
+            "dicts of them): keep this round's objects in ctx.scratch"
+        )
+
+
 def local_train(
     algorithm: Algorithm,
     model: nn.Module,
@@ -65,8 +78,15 @@ def local_train(
 
     ``optimizer`` persists across rounds, as in the released code: its moments carry over
     while the weights are replaced by the global ones. ``state`` is the client's
-    persistent dict for algorithm state (e.g. MOON's previous model). ``on_step`` is
-    called with the step count after every optimiser step.
+    persistent dict for algorithm state (e.g. MOON's previous weights), checkpointed
+    between rounds. ``on_step`` is called with the step count after every optimiser step.
+
+    However the round ends, even by an exception, its scratch objects are dropped and
+    ``state`` is checked to hold only what a checkpoint can.
+
+    Raises:
+        TypeError: the algorithm left something in ``state`` that a checkpoint cannot
+            hold (:func:`check_state`).
     """
     model.train()
     ctx = LocalContext(
@@ -75,26 +95,30 @@ def local_train(
         device=device,
         steps_scheduled=epochs * len(loader),
     )
-    algorithm.begin_local(model, ctx)
     steps, total_loss, examples = 0, 0.0, 0
     bar = tqdm(total=epochs * len(loader), desc=progress, leave=False, disable=progress is None)
-    for epoch in range(epochs):
-        ctx.last_epoch = epoch == epochs - 1
-        for images, masks in loader:
-            images, masks = images.to(device), masks.to(device)
-            batch_loss = lambda i=images, m=masks: algorithm.training_loss(model, i, m, ctx)
-            loss = algorithm.optimizer_step(model, optimizer, batch_loss)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"local loss became {loss.item()} at step {steps}")
-            steps += 1
-            ctx.steps_done = steps
-            total_loss += float(loss)
-            examples += images.shape[0] if ctx.last_epoch else 0
-            bar.update()
-            if on_step is not None:
-                on_step(steps)
-    bar.close()
-    payload = algorithm.end_local(model, ctx)
+    try:
+        algorithm.begin_local(model, ctx)
+        for epoch in range(epochs):
+            ctx.last_epoch = epoch == epochs - 1
+            for images, masks in loader:
+                images, masks = images.to(device), masks.to(device)
+                batch_loss = lambda i=images, m=masks: algorithm.training_loss(model, i, m, ctx)
+                loss = algorithm.optimizer_step(model, optimizer, batch_loss)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"local loss became {loss.item()} at step {steps}")
+                steps += 1
+                ctx.steps_done = steps
+                total_loss += float(loss)
+                examples += images.shape[0] if ctx.last_epoch else 0
+                bar.update()
+                if on_step is not None:
+                    on_step(steps)
+        payload = algorithm.end_local(model, ctx)
+    finally:
+        bar.close()
+        ctx.scratch.clear()
+        check_state(algorithm, state)
     metrics = {"loss": total_loss / max(steps, 1), "steps": float(steps)}
     metrics |= {k: v / max(steps, 1) for k, v in ctx.logs.items()}
     return ClientUpdate(model_weights(model), examples, payload, metrics)

@@ -5,6 +5,8 @@ round means every round). Kinds:
 
 - before training: ``raise`` (the client fails), ``dropout`` (it disappears mid-round),
   ``timeout`` (it hangs past ``--client-timeout``);
+- during training: ``raise_mid_round`` (the client raises after its first local step,
+  leaving its round half done);
 - on the reply: ``nan``, ``inf`` (in one weight), ``proto_nan`` (in a prototype),
   ``missing_key``, ``extra_key``, ``wrong_shape``, ``wrong_dtype``, ``zero_examples``,
   ``huge_examples``, ``bad_proto_dim``, ``scaled`` (the update times 1000: a norm outlier).
@@ -27,6 +29,7 @@ import torch
 from .algorithms.base import ClientUpdate
 
 BEFORE_TRAINING = ("raise", "dropout", "timeout")
+DURING_TRAINING = ("raise_mid_round",)
 ON_REPLY = (
     "nan",
     "inf",
@@ -40,7 +43,7 @@ ON_REPLY = (
     "bad_proto_dim",
     "scaled",
 )
-KINDS = BEFORE_TRAINING + ON_REPLY
+KINDS = BEFORE_TRAINING + DURING_TRAINING + ON_REPLY
 KILL_PHASES = ("local", "aggregate", "checkpoint")
 
 
@@ -92,6 +95,11 @@ class FaultInjector:
             raise ClientFault(f"{client} dropped out")
         if "timeout" in kinds:
             time.sleep(self.hang_seconds)
+
+    def after_step(self, client: str, round_index: int, step: int) -> None:
+        """Called after every local optimiser step (``step`` counts from 1)."""
+        if step == 1 and "raise_mid_round" in self.kinds(client, round_index):
+            raise RuntimeError(f"injected failure in {client} after local step {step}")
 
     def corrupt(self, client: str, round_index: int, update: ClientUpdate) -> ClientUpdate:
         for kind in self.kinds(client, round_index):

@@ -173,6 +173,11 @@ class Simulation:
         self.faults.before_training(client.name, round_index)
         client.model.load_state_dict(self.global_weights)
         label = f"round {round_index} {client.name}" if self.progress else None
+
+        def after_step(step: int) -> None:
+            self.faults.after_step(client.name, round_index, step)
+            maybe_kill(round_index, "local")
+
         return local_train(
             self.algorithm,
             client.model,
@@ -183,7 +188,7 @@ class Simulation:
             self.config.local_epochs,
             self.device,
             progress=label,
-            on_step=lambda step: maybe_kill(round_index, "local"),
+            on_step=after_step,
         )
 
     def _train_with_deadline(self, client: ClientRuntime, round_index: int) -> ClientUpdate:

@@ -2,9 +2,14 @@
 
 Without a GPU the Triton kernels run under the Triton interpreter, on CPU tensors. The
 variable must be set before Triton compiles anything, i.e. before the first kernel call.
+
+An end-to-end test (it trains a Simulation round, or starts the ``fedbcs`` command or
+Flower in a process of its own) carries ``@pytest.mark.e2e``, which ``make test-fast``
+leaves out. A test without the mark that does either fails, asking for it.
 """
 
 import os
+import subprocess
 
 import pytest
 import torch
@@ -32,3 +37,31 @@ def eval_batch_sizes(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(client, "evaluate_split", recording)
     return seen
+
+
+# What an end-to-end test starts in a process of its own: ``python -m fedbcs_fl.cli ...``
+# or Flower's programs.
+E2E_PROGRAMS = ("fedbcs_fl", "flwr", "flower-superlink", "flower-supernode")
+
+
+@pytest.fixture(autouse=True)
+def end_to_end_runs_carry_the_mark(request, monkeypatch):
+    if request.node.get_closest_marker("e2e") is not None:
+        return
+    from fedbcs_fl.simulation import Simulation  # after TRITON_INTERPRET is set
+
+    def refuse(what: str):
+        pytest.fail(f"{request.node.nodeid} {what}: mark it @pytest.mark.e2e", pytrace=False)
+
+    def run_round(simulation, round_index):
+        refuse("trains a Simulation round")
+
+    class Popen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            words = [args] if isinstance(args, str | os.PathLike) else args
+            if any(program in str(word) for word in words for program in E2E_PROGRAMS):
+                refuse(f"starts {' '.join(map(str, words))}")
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(Simulation, "run_round", run_round)
+    monkeypatch.setattr(subprocess, "Popen", Popen)

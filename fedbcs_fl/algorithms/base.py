@@ -88,12 +88,17 @@ class ClientUpdate:
 
 @dataclass
 class LocalContext:
-    """Per-round scratch space of one client.
+    """What one client's local training sees in one round.
 
-    ``global_payload`` is what the server sent; ``state`` is the client's persistent dict
-    (survives rounds: e.g. MOON's previous model); ``sums`` are running sums (e.g. class
-    sums for prototypes); ``steps_scheduled`` / ``steps_done`` count optimiser steps this
-    round; ``last_epoch`` is True during the last local epoch.
+    ``global_payload`` is what the server sent. ``state`` is the client's persistent dict:
+    it survives rounds and is checkpointed (e.g. MOON's previous weights), so it holds
+    only what a checkpoint can (tensors, numbers, strings, None, and lists, tuples and
+    dicts of them; :func:`fedbcs_fl.client.local_train` checks it after every round,
+    however the round ends). ``scratch`` holds this round's objects (a frozen model, a
+    generator, an anchor copy of the weights) and is emptied when the round ends, however
+    it ends. ``sums`` are running sums (e.g. class sums for prototypes);
+    ``steps_scheduled`` / ``steps_done`` count optimiser steps this round; ``last_epoch``
+    is True during the last local epoch.
     """
 
     global_payload: dict[str, torch.Tensor]
@@ -102,6 +107,7 @@ class LocalContext:
     steps_scheduled: int = 0
     steps_done: int = 0
     last_epoch: bool = False
+    scratch: dict[str, Any] = field(default_factory=dict)
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     logs: dict[str, float] = field(default_factory=dict)
 

@@ -40,6 +40,8 @@ from ._protos import (
 )
 
 COS_EPS = 1e-6  # lower clamp of the cosines raised to α: s^α has an infinite slope at 0
+# The round's scratch: (means, class ids) of every image of the last local epoch.
+IMAGE_MEANS_KEY = "fedplvm/image_means"
 
 
 def image_class_means(features: torch.Tensor, masks: torch.Tensor, num_classes: int):
@@ -65,13 +67,13 @@ class FedPLVM(PixelPrototypeAlgorithm):
     }
 
     def begin_local(self, model, ctx):
-        ctx.state["image_means"] = []
+        ctx.scratch[IMAGE_MEANS_KEY] = []
 
     def record_prototypes(self, features, masks, ctx):
-        ctx.state["image_means"].append(image_class_means(features, masks, self.num_classes))
+        ctx.scratch[IMAGE_MEANS_KEY].append(image_class_means(features, masks, self.num_classes))
 
     def end_local(self, model, ctx):
-        means, labels = zip(*ctx.state.pop("image_means"), strict=True)
+        means, labels = zip(*ctx.scratch[IMAGE_MEANS_KEY], strict=True)
         local = cluster_class_rows(torch.cat(means), torch.cat(labels), self.num_classes)
         return {"protos": local["protos"], "labels": local["labels"]}
 

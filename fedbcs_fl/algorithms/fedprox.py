@@ -35,13 +35,9 @@ class FedProx(Algorithm):
     }
 
     def begin_local(self, model, ctx: LocalContext):
-        ctx.state[ANCHOR_KEY] = [p.detach().clone() for p in model.parameters()]
+        ctx.scratch[ANCHOR_KEY] = [p.detach().clone() for p in model.parameters()]
 
     def training_loss(self, model, images, masks, ctx: LocalContext):
-        proximal = 0.5 * self.opt["mu"] * proximal_term(model.parameters(), ctx.state[ANCHOR_KEY])
+        proximal = 0.5 * self.opt["mu"] * proximal_term(model.parameters(), ctx.scratch[ANCHOR_KEY])
         ctx.log("fedprox/proximal", proximal)
         return self.segmentation_loss(model(images), masks) + proximal
-
-    def end_local(self, model, ctx: LocalContext):
-        del ctx.state[ANCHOR_KEY]  # a model-sized copy per client: free it between rounds
-        return {}

@@ -10,9 +10,9 @@ The variance is over every pixel of the batch (population variance, so one pixel
 finite); the 1e-4 keeps the square root's gradient finite for a constant prediction.
 ``z`` are the pixel features (the last decoder block, ``[B·H·W, f]``), of which at most
 ``uniformity_samples`` are drawn without replacement by a generator seeded from the run's
-seed (its state kept in the client's state, so a resumed run draws the same). ``σ`` is
-the median of their pairwise squared distances, detached (so the term is scale-free and
-its gradient only moves the features).
+seed (its state kept in the client's persistent state, so a resumed run draws the same).
+``σ`` is the median of their pairwise squared distances, detached (so the term is
+scale-free and its gradient only moves the features).
 
 Payload: none (weights only, both ways). Server: size-weighted FedAvg.
 
@@ -32,8 +32,8 @@ import torch
 from ._features import build_feature_unet
 from .base import Algorithm, LocalContext
 
-# The sampling generator lives in the client's state during a round; between rounds only
-# its state (a tensor) is kept, so the client state stays checkpointable.
+# The sampling generator lives in the round's scratch; the client's persistent state keeps
+# its state (a tensor) from one finished round to the next.
 GENERATOR_KEY = "feduv/generator"
 GENERATOR_STATE_KEY = "feduv/generator_state"
 
@@ -76,13 +76,13 @@ class FedUV(Algorithm):
             generator.set_state(ctx.state[GENERATOR_STATE_KEY])
         else:
             generator.manual_seed(self.config.seed)
-        ctx.state[GENERATOR_KEY] = generator
+        ctx.scratch[GENERATOR_KEY] = generator
 
     def training_loss(self, model, images, masks, ctx: LocalContext):
         logits, pixels, _ = model.forward_with_features(images)
         features = pixels.permute(0, 2, 3, 1).reshape(-1, pixels.shape[1])
         count = min(int(self.opt["uniformity_samples"]), features.shape[0])
-        chosen = torch.randperm(features.shape[0], generator=ctx.state[GENERATOR_KEY])[:count]
+        chosen = torch.randperm(features.shape[0], generator=ctx.scratch[GENERATOR_KEY])[:count]
         variance = variance_term(logits)
         uniformity = uniformity_term(features[chosen.to(features.device)])
         ctx.log("feduv/variance", variance)
@@ -94,5 +94,5 @@ class FedUV(Algorithm):
         )
 
     def end_local(self, model, ctx: LocalContext):
-        ctx.state[GENERATOR_STATE_KEY] = ctx.state.pop(GENERATOR_KEY).get_state()
+        ctx.state[GENERATOR_STATE_KEY] = ctx.scratch[GENERATOR_KEY].get_state()
         return {}

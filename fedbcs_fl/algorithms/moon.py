@@ -10,7 +10,7 @@ Client loss, per image, averaged over the batch::
 
 ``z`` is the projection of the model being trained, ``z_glob`` that of the global model
 (snapshotted in ``begin_local``) and ``z_prev`` that of the client's own model at the end
-of its previous round (kept in the client's persistent ``state`` as a state_dict); both
+of its previous round (its weights kept in the client's persistent ``state``); both
 frozen, evaluated under no_grad. The cross-entropy is taken in log space, so τ = 0.005
 cannot overflow. A client with no previous model (its first round) uses the model it
 starts from, the global one, as the previous model: the term is then the constant log 2,
@@ -37,8 +37,8 @@ from ..losses import multi_positive_infonce
 from ._features import FeatureUNet, build_feature_unet
 from .base import Algorithm, LocalContext
 
-# Keys in the client's persistent state: the weights kept between rounds, and this round's
-# frozen models (dropped in end_local, so a client holds one model copy between rounds).
+# The client's persistent state keeps its weights between rounds; the round's scratch
+# holds the frozen models built from them and from the global weights.
 PREVIOUS_WEIGHTS_KEY = "moon/previous_weights"
 GLOBAL_KEY = "moon/global_model"
 PREVIOUS_KEY = "moon/previous_model"
@@ -101,18 +101,18 @@ class MOON(Algorithm):
     # ---- client side ----------------------------------------------------------------
 
     def begin_local(self, model, ctx: LocalContext):
-        ctx.state[GLOBAL_KEY] = _frozen_copy(model)
+        ctx.scratch[GLOBAL_KEY] = _frozen_copy(model)
         previous_weights = ctx.state.get(PREVIOUS_WEIGHTS_KEY)
         if previous_weights is not None:
             previous = _frozen_copy(model)
             previous.load_state_dict(previous_weights)
-            ctx.state[PREVIOUS_KEY] = previous
+            ctx.scratch[PREVIOUS_KEY] = previous
 
     def training_loss(self, model, images, masks, ctx: LocalContext):
         logits, z = model.forward_with_projection(images)
         with torch.no_grad():
-            _, z_global = ctx.state[GLOBAL_KEY].forward_with_projection(images)
-            previous = ctx.state.get(PREVIOUS_KEY)
+            _, z_global = ctx.scratch[GLOBAL_KEY].forward_with_projection(images)
+            previous = ctx.scratch.get(PREVIOUS_KEY)
             z_previous = (
                 z_global if previous is None else previous.forward_with_projection(images)[1]
             )
@@ -121,8 +121,7 @@ class MOON(Algorithm):
         return self.segmentation_loss(logits, masks) + self.opt["mu"] * contrastive
 
     def end_local(self, model, ctx: LocalContext):
-        del ctx.state[GLOBAL_KEY]
-        ctx.state.pop(PREVIOUS_KEY, None)
-        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        ctx.state[PREVIOUS_WEIGHTS_KEY] = weights
+        ctx.state[PREVIOUS_WEIGHTS_KEY] = {
+            k: v.detach().clone() for k, v in model.state_dict().items()
+        }
         return {}

@@ -2,32 +2,20 @@
 
 import json
 
+import pytest
+
 from fedbcs_fl.cli import main
 
+from .._tiny import tiny_argv
 
+
+@pytest.mark.e2e
 def test_train_on_tiny_prostate(prostate_root, tmp_path):
     run = tmp_path / "run"
-    args = [
-        "train",
-        "--dataset",
-        "prostate",
-        "--data-root",
-        str(prostate_root),
-        "--sites",
-        "BIDMC,HK",
-        "--rounds",
-        "1",
-        "--image-size",
-        "32",
-        "--init-features",
-        "8",
-        "--proto-dim",
-        "8",
-        "--quiet",
-        "--out",
-        str(run),
-    ]
-    assert main(args) == 0
+    tiny = tiny_argv(
+        "fedbcs", dataset="prostate", data_root=str(prostate_root), sites=["BIDMC", "HK"], rounds=1
+    )
+    assert main(["train", *tiny, "--quiet", "--out", str(run)]) == 0
     record = json.loads((run / "metrics.jsonl").read_text())
     assert set(record["dice"]) == {"BIDMC", "HK"}
     split = json.loads((run / "split.json").read_text())

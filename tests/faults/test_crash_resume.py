@@ -10,23 +10,10 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-TINY = [
-    "--method",
-    "fedbcs",
-    "--proto-dim",
-    "8",
-    "--rounds",
-    "3",
-    "--n-train",
-    "6",
-    "--n-test",
-    "3",
-    "--image-size",
-    "32",
-    "--init-features",
-    "8",
-    "--quiet",
-]
+from .._tiny import tiny_argv
+
+# A FedBCS run of three rounds: kills in round 2 and 3 leave rounds to resume.
+RUN = [*tiny_argv("fedbcs", rounds=3), "--quiet"]
 
 
 def _train(args, kill_at=None):
@@ -46,16 +33,16 @@ def _train(args, kill_at=None):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run = tmp_path_factory.mktemp("full") / "run"
-    result = _train([*TINY, "--out", str(run)])
+    result = _train([*RUN, "--out", str(run)])
     assert result.returncode == 0, result.stderr
     return load_file(str(run / "model.safetensors"))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("kill_at", ["2:local", "2:aggregate", "2:checkpoint", "3:checkpoint"])
 def test_killed_run_resumes_bit_for_bit(tmp_path, uninterrupted, kill_at):
     run = tmp_path / "run"
-    killed = _train([*TINY, "--out", str(run)], kill_at=kill_at)
+    killed = _train([*RUN, "--out", str(run)], kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (run / "model.safetensors").exists()
     resumed = _train(["--resume", str(run), "--quiet"])
@@ -69,9 +56,10 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, uninterrupted, kill_at):
     assert not list(run.glob(".*.tmp")) or kill_at.endswith("checkpoint")
 
 
+@pytest.mark.e2e
 def test_resume_refuses_another_method(tmp_path):
     run = tmp_path / "run"
-    assert _train([*TINY, "--rounds", "1", "--out", str(run)]).returncode == 0
+    assert _train([*RUN, "--rounds", "1", "--out", str(run)]).returncode == 0
     config = json.loads((run / "config.json").read_text())
     config["method"] = "fedavg"
     config["method_options"] = {}

@@ -4,31 +4,17 @@ the honest clients, and the fault is in the metrics."""
 import pytest
 import torch
 
-from fedbcs_fl.config import RunConfig
-from fedbcs_fl.data import make_synthetic
 from fedbcs_fl.faults import parse_faults
 from fedbcs_fl.simulation import Simulation
+
+from .._tiny import tiny_config, tiny_sites
 
 FAULTY = "site-B"
 
 
 @pytest.fixture(scope="module")
 def sites():
-    return make_synthetic("synthetic-nuclei", n_train=6, n_test=3, image_size=32)
-
-
-def _config(method="fedavg", **kwargs):
-    options = {"proto_dim": 8} if method == "fedbcs" else {}
-    return RunConfig(
-        method=method,
-        rounds=2,
-        init_features=8,
-        image_size=32,
-        n_train=6,
-        n_test=3,
-        method_options=options,
-        **kwargs,
-    )
+    return tiny_sites()
 
 
 def _two_rounds(config, sites):
@@ -43,7 +29,7 @@ def honest_round2(sites):
     """Round-2 replies of a fault-free run, per method: what honest clients send."""
     replies = {}
     for method in ("fedavg", "fedbcs"):
-        sim, _ = _two_rounds(_config(method), sites)
+        sim, _ = _two_rounds(tiny_config(method), sites)
         replies[method] = sim.last_replies
     return replies
 
@@ -59,10 +45,12 @@ def _assert_equal(actual: dict, expected: dict):
         assert torch.equal(actual[key], value), key
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "kind, where",
     [
         ("raise", "faults"),
+        ("raise_mid_round", "faults"),
         ("dropout", "faults"),
         ("nan", "rejected"),
         ("inf", "rejected"),
@@ -76,7 +64,7 @@ def _assert_equal(actual: dict, expected: dict):
     ],
 )
 def test_weight_faults(sites, honest_round2, kind, where):
-    sim, record = _two_rounds(_config(inject_faults=f"{FAULTY}:{kind}@2"), sites)
+    sim, record = _two_rounds(tiny_config(inject_faults=f"{FAULTY}:{kind}@2"), sites)
     assert FAULTY in record[where], record
     assert FAULTY not in record["aggregated"] and len(record["aggregated"]) == 3
     assert all(torch.isfinite(v).all() for v in sim.global_weights.values())
@@ -85,28 +73,31 @@ def test_weight_faults(sites, honest_round2, kind, where):
     assert "mean_dice" in record
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["proto_nan", "bad_proto_dim"])
 def test_prototype_faults(sites, honest_round2, kind):
-    sim, record = _two_rounds(_config("fedbcs", inject_faults=f"{FAULTY}:{kind}@2"), sites)
+    sim, record = _two_rounds(tiny_config("fedbcs", inject_faults=f"{FAULTY}:{kind}@2"), sites)
     assert FAULTY in record["rejected"]
     weights, payload = _expected(sim, honest_round2["fedbcs"])
     _assert_equal(sim.global_weights, weights)
     _assert_equal(sim.global_payload, payload)
 
 
+@pytest.mark.e2e
 def test_timeout(sites, honest_round2):
-    config = _config(inject_faults=f"{FAULTY}:timeout@2", client_timeout=1.5)
+    config = tiny_config(inject_faults=f"{FAULTY}:timeout@2", client_timeout=1.5)
     sim, record = _two_rounds(config, sites)
     assert "timed out" in record["faults"][FAULTY]
     weights, _ = _expected(sim, honest_round2["fedavg"])
     _assert_equal(sim.global_weights, weights)
 
 
+@pytest.mark.e2e
 def test_no_reply_accepted_keeps_the_global_model(sites):
     faults = ",".join(f"{s.name}:raise@2" for s in sites)
     kept = {}
     sim = Simulation(
-        _config(inject_faults=faults),
+        tiny_config(inject_faults=faults),
         sites,
         progress=False,
         on_round=lambda r: kept.setdefault(r["round"], dict(sim.global_weights)),
@@ -118,8 +109,9 @@ def test_no_reply_accepted_keeps_the_global_model(sites):
     assert "round 2: site-A fault: raised RuntimeError" in sim.fault_summary()
 
 
+@pytest.mark.e2e
 def test_norm_check_is_off_for_two_clients(sites):
-    sim = Simulation(_config(inject_faults=f"{FAULTY}:scaled@1"), sites[:2], progress=False)
+    sim = Simulation(tiny_config(inject_faults=f"{FAULTY}:scaled@1"), sites[:2], progress=False)
     record = sim.run_round(1)
     assert record["rejected"] == {} and FAULTY in record["aggregated"]
 

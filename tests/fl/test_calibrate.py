@@ -22,10 +22,9 @@ from fedbcs_fl.calibrate import (
 from fedbcs_fl.cli import main
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data.base import SiteData
-from fedbcs_fl.data.synthetic import make_synthetic
 from fedbcs_fl.simulation import Simulation
 
-TINY = ["--n-train", "6", "--n-test", "3", "--image-size", "32", "--init-features", "8"]
+from .._tiny import tiny_argv, tiny_config, tiny_sites
 
 # Trained on row, tested on column, Dice in %.
 MATRIX = [[80, 60, 50], [40, 90, 70], [30, 30, 60]]
@@ -159,9 +158,10 @@ def test_targets_and_tables_of_a_hand_made_calibration():
     assert "| FedAvg mean Dice (%) | 87.67 ± 0.00 | in [70, 85] | FAIL |" in markdown.markdown()
 
 
+@pytest.mark.e2e
 def test_tiny_run_writes_the_reports_and_reuses_the_engine(tmp_path, capsys, eval_batch_sizes):
     out = tmp_path / "calibration"
-    args = ["calibrate-data", "--sites", "site-A,site-B", "--rounds", "1", *TINY]
+    args = ["calibrate-data", *tiny_argv(sites=["site-A", "site-B"], rounds=1)]
     # One image per batch: BatchNorm then scores differently than with the whole split.
     assert main([*args, "--eval-batch-size", "1", "--quiet", "--out", str(out)]) == 0
     assert eval_batch_sizes and set(eval_batch_sizes) == {1}
@@ -194,17 +194,8 @@ def test_tiny_run_writes_the_reports_and_reuses_the_engine(tmp_path, capsys, eva
 
     # The same Simulation, alone on site-A and then over both sites, gives the same Dice:
     # every model is scored as the engines score the global model.
-    config = RunConfig(
-        method="fedavg",
-        sites=["site-A", "site-B"],
-        rounds=1,
-        n_train=6,
-        n_test=3,
-        image_size=32,
-        init_features=8,
-        eval_batch_size=1,
-    ).resolved()
-    sites = make_synthetic("synthetic-nuclei", n_train=6, n_test=3, image_size=32)[:2]
+    config = tiny_config(sites=["site-A", "site-B"], rounds=1, eval_batch_size=1)
+    sites = tiny_sites(sites=["site-A", "site-B"])
     alone = Simulation(config, sites[:1], progress=False).run()[-1]["dice"]["site-A"]
     assert seed["transfer"]["matrix"][0][0] == pytest.approx(100 * alone)
     fedavg = Simulation(config, sites, progress=False).run()[-1]["dice"]
@@ -231,7 +222,7 @@ def _exit_and_error(args, capsys):
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, capsys, tmp_path):
-    command = ["calibrate-data", *TINY, "--quiet", "--out", str(tmp_path), *args]
+    command = ["calibrate-data", *tiny_argv(), "--quiet", "--out", str(tmp_path), *args]
     code, lines = _exit_and_error(command, capsys)
     assert code == 2
     assert len(lines) == 1 and message in lines[0], lines

@@ -12,29 +12,18 @@ from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.cli import _common_argv, build_parser, config_from_args, main
 from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION
 
-TINY = [
-    "--rounds",
-    "2",
-    "--n-train",
-    "6",
-    "--n-test",
-    "3",
-    "--image-size",
-    "32",
-    "--init-features",
-    "8",
-    "--quiet",
-]
+from .._tiny import tiny_argv
 
 
 def _records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method, extra", [("fedavg", []), ("fedbcs", ["--proto-dim", "8"])])
-def test_train_writes_results_and_reloads(tmp_path, capsys, method, extra):
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["fedavg", "fedbcs"])
+def test_train_writes_results_and_reloads(tmp_path, capsys, method):
     run = tmp_path / method
-    assert main(["train", "--method", method, *TINY, *extra, "--out", str(run)]) == 0
+    assert main(["train", *tiny_argv(method), "--quiet", "--out", str(run)]) == 0
     for name in ("config.json", "metrics.jsonl", "summary.md", "dice.png", "model.safetensors"):
         assert (run / name).exists(), name
     records = _records(run)
@@ -54,11 +43,11 @@ def test_train_writes_results_and_reloads(tmp_path, capsys, method, extra):
         assert f"{site}: Dice {dice:.4f}" in printed
 
 
+@pytest.mark.e2e
 def test_same_seed_same_results(tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
-        args = ["train", "--method", "fedbcs", *TINY, "--proto-dim", "8", "--out", str(run)]
-        assert main(args) == 0
+        assert main(["train", *tiny_argv("fedbcs"), "--quiet", "--out", str(run)]) == 0
     a, b = (_records(run) for run in runs)
     for ra, rb in zip(a, b, strict=True):
         ra.pop("seconds"), rb.pop("seconds")
@@ -67,16 +56,18 @@ def test_same_seed_same_results(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.e2e
 def test_baseline_delta_in_summary(tmp_path):
     base, run = tmp_path / "base", tmp_path / "run"
-    assert main(["train", "--method", "fedavg", *TINY, "--rounds", "1", "--out", str(base)]) == 0
-    args = ["train", "--method", "fedavg", *TINY, "--rounds", "1", "--seed", "1"]
-    assert main([*args, "--out", str(run), "--baseline", str(base)]) == 0
+    args = ["train", *tiny_argv("fedavg", rounds=1), "--quiet"]
+    assert main([*args, "--out", str(base)]) == 0
+    assert main([*args, "--seed", "1", "--out", str(run), "--baseline", str(base)]) == 0
     summary = (run / "summary.md").read_text()
     assert "fedavg (baseline)" in summary and "Δ" in summary
     assert summary.index(FINAL_ROUND_CAPTION) < summary.index(BEST_ROUND_CAPTION)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -133,9 +124,10 @@ def test_fidelity_settings_reach_the_run_and_compare_passes_them_on():
     )
 
 
+@pytest.mark.e2e
 def test_eval_scores_at_the_eval_batch_size_given(tmp_path, capsys, eval_batch_sizes):
     run = tmp_path / "run"
-    assert main(["train", "--method", "fedavg", *TINY, "--rounds", "1", "--out", str(run)]) == 0
+    assert main(["train", *tiny_argv("fedavg", rounds=1), "--quiet", "--out", str(run)]) == 0
     seen = eval_batch_sizes
     assert main(["eval", "--checkpoint", str(run / "model.safetensors")]) == 0
     assert set(seen) == {16}  # the run's config.json

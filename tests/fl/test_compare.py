@@ -16,6 +16,8 @@ from fedbcs_fl.compare import (
 )
 from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION
 
+from .._tiny import tiny_argv
+
 
 def test_parse_spec_turns_changes_into_train_arguments():
     assert parse_spec("fedbcs") == ("fedbcs", [])
@@ -106,13 +108,13 @@ def test_each_method_has_its_colour_and_variants_keep_it():
     assert variants[0]["linestyle"] != variants[1]["linestyle"]
 
 
-TINY = ["--rounds", "1", "--n-train", "4", "--n-test", "2", "--image-size", "32"]
-TINY += ["--init-features", "8", "--seeds", "1"]
+RUN = [*tiny_argv(rounds=1), "--seeds", "1"]
 
 
+@pytest.mark.e2e
 def test_compare_writes_reports_and_resumes(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", "--methods", "fedavg,fedbcs/no-cdpa", *TINY, "--out", str(out)]) == 0
+    assert main(["compare", "--methods", "fedavg,fedbcs/no-cdpa", *RUN, "--out", str(out)]) == 0
     assert {"table1.md", "table3.md", "convergence.png"} <= {p.name for p in out.iterdir()}
     table1_md = (out / "table1.md").read_text()
     assert "| fedbcs/no-cdpa |" in table1_md
@@ -128,7 +130,7 @@ def test_compare_writes_reports_and_resumes(tmp_path, capsys):
     (broken / "metrics.jsonl").write_text('{"round": 1, "dice"')
 
     methods = "fedavg,fedbcs/no-cdpa,fedprox"
-    assert main(["compare", "--methods", methods, *TINY, "--out", str(out)]) == 0
+    assert main(["compare", "--methods", methods, *RUN, "--out", str(out)]) == 0
     for spec, mtime in finished.items():  # finished runs are not run again
         assert (run_dir(out, spec, 0) / "model.safetensors").stat().st_mtime_ns == mtime
     lines = (broken / "metrics.jsonl").read_text().splitlines()
@@ -138,15 +140,16 @@ def test_compare_writes_reports_and_resumes(tmp_path, capsys):
 
 
 def test_compare_checks_every_spec_before_running_any(tmp_path, capsys):
-    args = ["compare", "--methods", "fedavg,fedbcs/tau=-1", *TINY, "--out", str(tmp_path)]
+    args = ["compare", "--methods", "fedavg,fedbcs/tau=-1", *RUN, "--out", str(tmp_path)]
     assert main(args) == 2
     assert "tau must be in (0, inf)" in capsys.readouterr().err
     assert not run_dir(tmp_path, "fedavg", 0).exists()
 
 
+@pytest.mark.e2e
 def test_compare_reports_a_failed_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FEDBCS_KILL_AT", "1:local")  # every run kills itself in round 1
-    args = ["compare", "--methods", "fedavg", *TINY, "--out", str(tmp_path)]
+    args = ["compare", "--methods", "fedavg", *RUN, "--out", str(tmp_path)]
     assert main(args) == 2
     assert "fedavg seed 0 failed" in capsys.readouterr().err
     assert not (run_dir(tmp_path, "fedavg", 0) / "model.safetensors").exists()

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from fedbcs_fl.client import evaluate_split
-from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data.base import SiteData
 from fedbcs_fl.simulation import Simulation
+
+from .._tiny import tiny_config
 
 # Two 2×2 one-channel images, the top row brighter than the bottom, each mask the top row.
 IMAGES = [torch.tensor([[[2.0, 2.0], [0.0, 0.0]]]), torch.tensor([[[6.0, 6.0], [4.0, 4.0]]])]
@@ -37,9 +38,7 @@ def test_scores_depend_on_the_eval_batch_size():
 
 @pytest.mark.parametrize("eval_batch_size, batch_size, dice", [(1, 2, 1.0), (2, 1, 1 / 3)])
 def test_the_simulator_evaluates_at_eval_batch_size(eval_batch_size, batch_size, dice):
-    config = RunConfig(
-        method="fedavg", init_features=4, batch_size=batch_size, eval_batch_size=eval_batch_size
-    )
+    config = tiny_config(batch_size=batch_size, eval_batch_size=eval_batch_size)
     simulation = Simulation(config, [SiteData("site-A", SPLIT, SPLIT)], progress=False)
     scores = simulation.evaluate(batch_statistics_model())
     assert scores["site-A"]["dice"] == pytest.approx(dice)

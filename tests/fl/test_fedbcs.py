@@ -5,13 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from fedbcs_fl.algorithms.base import ClientUpdate
-from fedbcs_fl.algorithms.fedbcs import FedBCS
-from fedbcs_fl.config import RunConfig
 
-
-def _algorithm(**options):
-    config = RunConfig(method="fedbcs", init_features=8, method_options={"proto_dim": 8, **options})
-    return FedBCS(config.resolved(), in_channels=3, num_classes=2)
+from .._tiny import tiny_algorithm
 
 
 def _contrast_by_formula(cos, positives, tau, contrast):
@@ -25,14 +20,14 @@ def _contrast_by_formula(cos, positives, tau, contrast):
 
 
 def test_released_contrast_is_the_default():
-    assert _algorithm().opt["contrast"] == "released"
+    assert tiny_algorithm("fedbcs").opt["contrast"] == "released"
 
 
 # τ = 0.05 saturates nothing here; at τ = 0.005 the released caps bite on most anchors.
 @pytest.mark.parametrize("contrast, tau", [("exact", 0.05), ("released", 0.005)])
 def test_alignment_terms_equal_materialised_formula(contrast, tau):
     torch.manual_seed(0)
-    algorithm = _algorithm(tau=tau, contrast=contrast)
+    algorithm = tiny_algorithm("fedbcs", tau=tau, contrast=contrast)
     model = algorithm.build_model()
     x = torch.randn(2, 3, 32, 32)
     masks = (torch.rand(2, 32, 32) > 0.6).long()
@@ -63,7 +58,7 @@ def test_alignment_terms_equal_materialised_formula(contrast, tau):
 
 def test_payload_has_four_prototypes_and_server_clusters_them():
     torch.manual_seed(0)
-    algorithm = _algorithm()
+    algorithm = tiny_algorithm("fedbcs")
     model = algorithm.build_model()
     from fedbcs_fl.algorithms.base import LocalContext
 
@@ -88,6 +83,6 @@ def test_payload_has_four_prototypes_and_server_clusters_them():
 
 
 def test_no_cdpa_sends_nothing():
-    algorithm = _algorithm(cdpa=False)
+    algorithm = tiny_algorithm("fedbcs", cdpa=False)
     assert algorithm.aggregate_payload([ClientUpdate({}, 1, {})], {}) == {}
     assert not hasattr(algorithm.build_model(), "forward_with_embeddings")

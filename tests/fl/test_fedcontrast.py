@@ -5,7 +5,7 @@ import torch
 
 from fedbcs_fl.algorithms.base import ClientUpdate
 
-from ._tiny import algorithm, context, logged, run_two_rounds
+from .._tiny import context, logged, run_two_rounds, tiny_algorithm
 
 
 def _naive_infonce(features, masks, protos, labels, tau):
@@ -38,7 +38,7 @@ def test_loss_matches_naive_formula_at_tiny_tau():
         "protos": torch.cat([others[:2], own, others[2:]]),
         "labels": torch.tensor([0, 1, 0, 1, 0]),
     }
-    method = algorithm("fedcontrast", tau=tau, lambda_own=0.5, lambda_others=2.0)
+    method = tiny_algorithm("fedcontrast", tau=tau, lambda_own=0.5, lambda_others=2.0)
     ctx = context(payload, state)
     loss = method.prototype_loss(features, masks, ctx)
     own_loss = _naive_infonce(features, masks, own, torch.tensor([0, 1]), tau)
@@ -53,17 +53,17 @@ def test_own_prototypes_of_one_class_and_one_client():
     state = {"own_protos": own[:1], "own_labels": torch.tensor([0])}
     # One client only: the global payload is its own prototypes, no one else's.
     ctx = context({"protos": own[:1], "labels": torch.tensor([0])}, state)
-    loss = algorithm("fedcontrast").prototype_loss(features, masks, ctx)
+    loss = tiny_algorithm("fedcontrast").prototype_loss(features, masks, ctx)
     # One own prototype: class-0 pixels have a single (positive) logit, loss 0;
     # class-1 pixels have no positive and are left out. No other client: L_others = 0.
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     assert ctx.logs["fedcontrast/others"] == 0
     ctx = context()
-    assert algorithm("fedcontrast").prototype_loss(features, masks, ctx) == 0
+    assert tiny_algorithm("fedcontrast").prototype_loss(features, masks, ctx) == 0
 
 
 def test_end_local_keeps_own_prototypes_and_sends_steps():
-    method = algorithm("fedcontrast")
+    method = tiny_algorithm("fedcontrast")
     ctx = context()
     ctx.steps_done, ctx.steps_scheduled = 3, 4
     features, masks, _, _ = _inputs()
@@ -74,7 +74,7 @@ def test_end_local_keeps_own_prototypes_and_sends_steps():
 
 
 def test_weights_by_examples_times_progress_and_all_prototypes_down():
-    method = algorithm("fedcontrast")
+    method = tiny_algorithm("fedcontrast")
     protos = {"protos": torch.ones(1, 2), "labels": torch.tensor([1])}
     a = ClientUpdate({"w": torch.tensor([1.0])}, 2, protos | {"steps": torch.tensor([1, 2])})
     b = ClientUpdate({"w": torch.tensor([6.0])}, 4, protos | {"steps": torch.tensor([2, 2])})
@@ -86,6 +86,7 @@ def test_weights_by_examples_times_progress_and_all_prototypes_down():
     assert weights["w"].item() == 1.0
 
 
+@pytest.mark.e2e
 def test_two_rounds_end_to_end():
     history, simulation = run_two_rounds("fedcontrast")
     assert all(n == 2 for r in history for n in r["prototypes_uploaded"].values())

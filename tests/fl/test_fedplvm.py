@@ -6,7 +6,7 @@ import torch
 from fedbcs_fl.algorithms.base import ClientUpdate
 from fedbcs_fl.algorithms.fedplvm import image_class_means
 
-from ._tiny import algorithm, context, logged, run_two_rounds
+from .._tiny import context, logged, run_two_rounds, tiny_algorithm
 
 
 def test_image_class_means_equal_a_loop():
@@ -26,7 +26,7 @@ def test_image_class_means_equal_a_loop():
 
 
 def test_local_clusters_of_per_image_class_means():
-    method = algorithm("fedplvm")
+    method = tiny_algorithm("fedplvm")
     ctx = context()
     method.begin_local(None, ctx)
     # Five 1×2 images, D = 2: pixel 0 background [1, 1], pixel 1 foreground, whose
@@ -40,7 +40,7 @@ def test_local_clusters_of_per_image_class_means():
     assert payload["labels"].tolist() == [0, 1, 1]
     expected = torch.stack([torch.ones(2), foreground[:2].mean(0), foreground[2:4].mean(0)])
     torch.testing.assert_close(payload["protos"], expected)
-    assert method.count_prototypes(payload) == 3 and "image_means" not in ctx.state
+    assert method.count_prototypes(payload) == 3 and ctx.state == {}
 
 
 def _naive(features, masks, payload, tau, alpha):
@@ -74,7 +74,7 @@ def test_loss_matches_naive_formula_at_tiny_tau(one_class):
     if one_class:  # no client sent class 1
         payload["protos"], payload["labels"] = payload["protos"][:2], payload["labels"][:2]
         payload["mean_present"] = torch.tensor([True, False])
-    method = algorithm("fedplvm", tau=tau, lambda_plvm=3.0)
+    method = tiny_algorithm("fedplvm", tau=tau, lambda_plvm=3.0)
     ctx = context(payload)
     loss = method.prototype_loss(features, masks, ctx)
     loss_alpha, loss_corr = _naive(features, masks, payload, tau, alpha)
@@ -84,7 +84,7 @@ def test_loss_matches_naive_formula_at_tiny_tau(one_class):
 
 
 def test_server_clusters_again_with_an_absent_class_and_one_client():
-    method = algorithm("fedplvm")
+    method = tiny_algorithm("fedplvm")
     a = ClientUpdate(
         {},
         1,
@@ -101,6 +101,7 @@ def test_server_clusters_again_with_an_absent_class_and_one_client():
     assert down["labels"].tolist() == [0] and down["mean_present"].tolist() == [True, False]
 
 
+@pytest.mark.e2e
 def test_two_rounds_end_to_end():
     history, simulation = run_two_rounds("fedplvm")
     assert all(n >= 2 for r in history for n in r["prototypes_uploaded"].values())

@@ -5,7 +5,7 @@ import torch
 
 from fedbcs_fl.algorithms.base import ClientUpdate
 
-from ._tiny import algorithm, context, logged, run_two_rounds
+from .._tiny import context, logged, run_two_rounds, tiny_algorithm
 
 # One 2×2 image, D = 2: class 0 at (0,0), (0,1), (1,0); class 1 at (1,1).
 MASKS = torch.tensor([[[0, 0], [0, 1]]])
@@ -14,7 +14,7 @@ MEAN = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 
 
 def test_loss_is_class_balanced_by_hand():
-    fedproto = algorithm("fedproto", lambda_proto=2.0)
+    fedproto = tiny_algorithm("fedproto", lambda_proto=2.0)
     ctx = context({"mean": MEAN, "mean_present": torch.tensor([True, True])})
     loss = fedproto.prototype_loss(FEATURES, MASKS, ctx)
     # ‖f − P_y‖² / 2 per pixel: class 0: 0, 2, 0.5 → 5/6; class 1: 0.5.
@@ -24,7 +24,7 @@ def test_loss_is_class_balanced_by_hand():
 
 
 def test_loss_without_a_global_prototype():
-    fedproto = algorithm("fedproto")
+    fedproto = tiny_algorithm("fedproto")
     ctx = context({"mean": MEAN, "mean_present": torch.tensor([True, False])})
     assert fedproto.prototype_loss(FEATURES, MASKS, ctx).item() == pytest.approx(5 / 6)
     ctx = context()
@@ -32,7 +32,7 @@ def test_loss_without_a_global_prototype():
 
 
 def test_payload_is_the_exact_class_mean_over_batches():
-    fedproto = algorithm("fedproto")
+    fedproto = tiny_algorithm("fedproto")
     ctx = context()
     second = torch.full((1, 2, 2, 2), 5.0)
     fedproto.record_prototypes(FEATURES, torch.zeros_like(MASKS), ctx)
@@ -46,7 +46,7 @@ def test_payload_is_the_exact_class_mean_over_batches():
 
 
 def test_server_mean_is_unweighted_and_skips_absent_classes():
-    fedproto = algorithm("fedproto")
+    fedproto = tiny_algorithm("fedproto")
     a = ClientUpdate({}, 1, {"protos": MEAN, "labels": torch.tensor([0, 1])})
     b = ClientUpdate({}, 9, {"protos": torch.tensor([[3.0, 2.0]]), "labels": torch.tensor([0])})
     down = fedproto.aggregate_payload([a, b], {})
@@ -57,6 +57,7 @@ def test_server_mean_is_unweighted_and_skips_absent_classes():
     assert down["mean_present"].tolist() == [True, False]
 
 
+@pytest.mark.e2e
 def test_two_rounds_end_to_end():
     history, simulation = run_two_rounds("fedproto")
     assert all(n == 2 for r in history for n in r["prototypes_uploaded"].values())

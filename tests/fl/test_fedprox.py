@@ -2,20 +2,16 @@
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from fedbcs_fl.algorithms.base import ClientUpdate, LocalContext
-from fedbcs_fl.algorithms.fedprox import FedProx
-from fedbcs_fl.config import RunConfig
-from fedbcs_fl.data.synthetic import make_synthetic
+from fedbcs_fl.algorithms.fedprox import ANCHOR_KEY
 from fedbcs_fl.losses import segmentation_loss
 from fedbcs_fl.simulation import Simulation
 
-
-def _algorithm(**options):
-    config = RunConfig(method="fedprox", init_features=8, method_options=options)
-    return FedProx(config.resolved(), in_channels=1, num_classes=2)
+from .._tiny import tiny_algorithm, tiny_config, tiny_sites
 
 
 def _tiny_model(weight, bias):
@@ -28,7 +24,7 @@ def _tiny_model(weight, bias):
 
 
 def test_proximal_term_and_gradient_by_hand():
-    algorithm = _algorithm(mu=0.1)
+    algorithm = tiny_algorithm("fedprox", mu=0.1)
     model = _tiny_model([1.0, 2.0], [0.5, -1.0])
     ctx = LocalContext(global_payload={}, state={}, device=torch.device("cpu"))
     algorithm.begin_local(model, ctx)
@@ -51,16 +47,15 @@ def test_proximal_term_and_gradient_by_hand():
     torch.testing.assert_close(
         prox_grad_weight - model.weight.grad, 0.1 * torch.tensor([1.0, -2.0]).view(2, 1, 1, 1)
     )
-    # The snapshot is a detached copy of the round's global weights.
-    anchors = ctx.state["fedprox/global_parameters"]
+    # The snapshot is a detached copy of the round's global weights, kept for the round only.
+    anchors = ctx.scratch[ANCHOR_KEY]
     assert not any(a.requires_grad for a in anchors)
     assert anchors[0].flatten().tolist() == [1.0, 2.0]
-    assert algorithm.end_local(model, ctx) == {}
-    assert "fedprox/global_parameters" not in ctx.state
+    assert algorithm.end_local(model, ctx) == {} and ctx.state == {}
 
 
 def test_aggregation_size_weighted_and_one_client():
-    algorithm = _algorithm()
+    algorithm = tiny_algorithm("fedprox")
     a = ClientUpdate({"w": torch.tensor([1.0])}, 1)
     b = ClientUpdate({"w": torch.tensor([4.0])}, 3)
     weights, payload = algorithm.aggregate([a, b], {}, {})
@@ -69,18 +64,10 @@ def test_aggregation_size_weighted_and_one_client():
     assert weights["w"].item() == 4.0
 
 
+@pytest.mark.e2e
 def test_two_rounds_end_to_end():
-    # At least 4 images on the smallest site (shares 1.5, 0.75, 0.5, 1.25): two steps each.
-    sites = make_synthetic("synthetic-nuclei", n_train=8, n_test=3, image_size=32)
-    config = RunConfig(
-        method="fedprox",
-        rounds=2,
-        n_train=8,
-        n_test=3,
-        image_size=32,
-        init_features=8,
-        batch_size=3,
-    )
+    sites = tiny_sites()
+    config = tiny_config("fedprox")
     simulation = Simulation(config, sites, progress=False)
     history = simulation.run()
     assert len(history) == 2 and math.isfinite(history[-1]["mean_dice"])

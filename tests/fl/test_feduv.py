@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from fedbcs_fl.algorithms.base import LocalContext
-from fedbcs_fl.algorithms.feduv import FedUV, uniformity_term, variance_term
-from fedbcs_fl.config import RunConfig
-from fedbcs_fl.data.synthetic import make_synthetic
+from fedbcs_fl.algorithms.feduv import uniformity_term, variance_term
 from fedbcs_fl.losses import segmentation_loss
 from fedbcs_fl.simulation import Simulation
 
-
-def _algorithm(**options):
-    config = RunConfig(method="feduv", init_features=8, method_options=options)
-    return FedUV(config.resolved(), in_channels=3, num_classes=2)
+from .._tiny import tiny_algorithm, tiny_config, tiny_sites
 
 
 def _naive_variance(logits):
@@ -81,7 +76,7 @@ def test_uniformity_term_matches_loop():
 
 def test_training_loss_samples_reproducibly():
     torch.manual_seed(0)
-    algorithm = _algorithm(uniformity_samples=16)
+    algorithm = tiny_algorithm("feduv", uniformity_samples=16)
     model = algorithm.build_model()
     images = torch.rand(2, 3, 32, 32)
     masks = torch.zeros(2, 32, 32, dtype=torch.long)  # foreground absent on this client
@@ -104,11 +99,10 @@ def test_training_loss_samples_reproducibly():
         assert ctx.logs["feduv/uniformity"] == pytest.approx(uniformity.item())
 
 
+@pytest.mark.e2e
 def test_two_rounds_end_to_end_and_resumed(tmp_path):
-    sites = make_synthetic("synthetic-nuclei", n_train=6, n_test=3, image_size=32)
-    config = RunConfig(
-        method="feduv", rounds=2, n_train=6, n_test=3, image_size=32, init_features=8
-    )
+    sites = tiny_sites()
+    config = tiny_config("feduv")
     history = Simulation(config, sites, progress=False).run()
     assert len(history) == 2 and math.isfinite(history[-1]["mean_dice"])
     for metrics in history[-1]["client_metrics"].values():

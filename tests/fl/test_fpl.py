@@ -5,7 +5,7 @@ import torch
 
 from fedbcs_fl.algorithms.base import ClientUpdate
 
-from ._tiny import algorithm, context, logged, run_two_rounds
+from .._tiny import context, logged, run_two_rounds, tiny_algorithm
 
 
 def _inputs():
@@ -40,7 +40,7 @@ def test_loss_matches_naive_formula_at_tiny_tau():
     tau = 0.005  # e^{1/τ} = e^200: infinite in float32, finite in float64
     assert torch.isinf(torch.tensor(1 / tau).exp())
     features, masks, payload = _inputs()
-    fpl = algorithm("fpl", tau=tau)
+    fpl = tiny_algorithm("fpl", tau=tau)
     ctx = context(payload)
     loss = fpl.prototype_loss(features, masks, ctx)
     infonce, mse = _naive(features, masks, payload, tau)
@@ -54,14 +54,14 @@ def test_loss_with_one_class_of_prototypes():
     payload["protos"], payload["labels"] = payload["protos"][:1], payload["labels"][:1]
     payload["mean_present"] = torch.tensor([True, False])
     ctx = context(payload)
-    algorithm("fpl").prototype_loss(features, masks, ctx)
+    tiny_algorithm("fpl").prototype_loss(features, masks, ctx)
     # Only class-0 pixels count, and with every prototype positive InfoNCE is 0.
     assert ctx.logs["fpl/infonce"] == pytest.approx(0.0, abs=1e-6)
     assert ctx.logs["fpl/mse"] == pytest.approx(_naive(features, masks, payload, 1.0)[1].item())
 
 
 def test_server_clusters_per_class_with_an_absent_class_and_one_client():
-    fpl = algorithm("fpl")
+    fpl = tiny_algorithm("fpl")
     a = ClientUpdate(
         {}, 1, {"protos": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "labels": torch.tensor([0, 1])}
     )
@@ -76,6 +76,7 @@ def test_server_clusters_per_class_with_an_absent_class_and_one_client():
     assert down["labels"].tolist() == [0] and down["mean_present"].tolist() == [True, False]
 
 
+@pytest.mark.e2e
 def test_two_rounds_end_to_end():
     history, simulation = run_two_rounds("fpl")
     assert all(n == 2 for r in history for n in r["prototypes_uploaded"].values())

@@ -14,19 +14,13 @@ from fedbcs_fl.algorithms.harmofl import (
     AMPLITUDE_KEY,
     FROZEN_KEY,
     AmplitudeNormalization,
-    HarmoFL,
     low_frequency_amplitude,
     swap_low_frequency_amplitude,
 )
-from fedbcs_fl.config import RunConfig
-from fedbcs_fl.data.synthetic import make_synthetic
 from fedbcs_fl.losses import segmentation_loss
 from fedbcs_fl.simulation import Simulation
 
-
-def _algorithm(**options):
-    config = RunConfig(method="harmofl", image_size=32, init_features=8, method_options=options)
-    return HarmoFL(config.resolved(), in_channels=3, num_classes=2)
+from .._tiny import tiny_algorithm, tiny_config, tiny_sites
 
 
 def _numpy_swap(images, amplitude, half):
@@ -79,7 +73,7 @@ def test_amplitude_layer_tracks_then_stops():
 
 def test_perturbed_pass_does_not_track_the_batch_again():
     torch.manual_seed(0)
-    algorithm = _algorithm(amplitude_momentum=0.5)
+    algorithm = tiny_algorithm("harmofl", amplitude_momentum=0.5)
     model = algorithm.build_model()
     with torch.no_grad():
         model.amplitude_norm.running_amplitude.fill_(1.0)
@@ -99,7 +93,7 @@ class _Quadratic(nn.Module):
 
 
 def test_perturbed_step_on_a_quadratic_by_hand():
-    algorithm = _algorithm(alpha=0.05)
+    algorithm = tiny_algorithm("harmofl", alpha=0.05)
     model = _Quadratic()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     calls = []
@@ -116,7 +110,7 @@ def test_perturbed_step_on_a_quadratic_by_hand():
 
 
 def test_aggregation_equal_weights_then_frozen_amplitude():
-    algorithm = _algorithm()
+    algorithm = tiny_algorithm("harmofl")
     a = ClientUpdate({"w": torch.tensor([1.0]), AMPLITUDE_KEY: torch.tensor([2.0])}, 1)
     b = ClientUpdate({"w": torch.tensor([4.0]), AMPLITUDE_KEY: torch.tensor([6.0])}, 9)
     weights, payload = algorithm.aggregate([a, b], {}, {})
@@ -132,7 +126,7 @@ def test_aggregation_equal_weights_then_frozen_amplitude():
 
 
 def test_clients_stop_tracking_once_frozen():
-    algorithm = _algorithm()
+    algorithm = tiny_algorithm("harmofl")
     model = algorithm.build_model()
     assert AMPLITUDE_KEY in model.state_dict()
     for payload, tracking in (({}, True), ({FROZEN_KEY: torch.tensor(True)}, False)):
@@ -141,12 +135,11 @@ def test_clients_stop_tracking_once_frozen():
         assert model.amplitude_norm.tracking is tracking
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("num_sites", [1, 4])
 def test_two_rounds_end_to_end_and_resumed(tmp_path, num_sites):
-    sites = make_synthetic("synthetic-nuclei", n_train=6, n_test=3, image_size=32)[:num_sites]
-    config = RunConfig(
-        method="harmofl", rounds=2, n_train=6, n_test=3, image_size=32, init_features=8
-    )
+    sites = tiny_sites(num_sites)
+    config = tiny_config("harmofl")
     amplitudes = []
     simulation = Simulation(
         config,

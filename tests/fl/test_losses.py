@@ -16,6 +16,8 @@ from fedbcs_fl.losses import (
     soft_dice_loss,
 )
 
+from .._tiny import tiny_config
+
 
 def naive_infonce(logits, positives):
     """The textbook formula with exp, in float64: only safe for small logits."""
@@ -158,9 +160,7 @@ def test_every_method_trains_on_the_runs_dice_classes(method):
     losses = {}
     model = None
     for classes in ("all", "foreground"):
-        config = RunConfig(
-            method=method, image_size=32, init_features=8, dice_loss_classes=classes
-        ).resolved()
+        config = tiny_config(method, dice_loss_classes=classes)
         algorithm = build_algorithm(config, in_channels=3, num_classes=2)
         model = model or algorithm.build_model()
         copied = copy.deepcopy(model)

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from fedbcs_fl.algorithms.base import LocalContext
-from fedbcs_fl.algorithms.moon import MOON, moon_contrastive_loss
-from fedbcs_fl.config import RunConfig
-from fedbcs_fl.data.synthetic import make_synthetic
+from fedbcs_fl.algorithms.moon import (
+    GLOBAL_KEY,
+    PREVIOUS_KEY,
+    PREVIOUS_WEIGHTS_KEY,
+    moon_contrastive_loss,
+)
 from fedbcs_fl.simulation import Simulation
 
-
-def _algorithm(**options):
-    config = RunConfig(method="moon", init_features=8, method_options=options)
-    return MOON(config.resolved(), in_channels=3, num_classes=2)
+from .._tiny import tiny_algorithm, tiny_config, tiny_sites
 
 
 def test_contrastive_loss_by_hand():
@@ -44,8 +44,8 @@ def test_contrastive_loss_small_tau_does_not_overflow():
 
 def test_previous_model_kept_between_rounds():
     torch.manual_seed(0)
-    algorithm = _algorithm()
-    model = algorithm.build_model()
+    moon = tiny_algorithm("moon")
+    model = moon.build_model()
     assert any(key.startswith("head.") for key in model.state_dict())  # aggregated with the rest
     images = torch.rand(2, 3, 32, 32)
     masks = (torch.rand(2, 32, 32) > 0.7).long()
@@ -53,22 +53,22 @@ def test_previous_model_kept_between_rounds():
 
     # First round: no previous model, it is the global one: the term is log 2.
     ctx = LocalContext(global_payload={}, state=state, device=torch.device("cpu"))
-    algorithm.begin_local(model, ctx)
-    algorithm.training_loss(model, images, masks, ctx)
+    moon.begin_local(model, ctx)
+    moon.training_loss(model, images, masks, ctx)
     assert ctx.logs["moon/contrastive"] == pytest.approx(math.log(2), rel=1e-6)
-    assert algorithm.end_local(model, ctx) == {}
-    stored = state["moon/previous_weights"]
-    assert set(state) == {"moon/previous_weights"}  # this round's frozen models are dropped
+    assert moon.end_local(model, ctx) == {}
+    stored = state[PREVIOUS_WEIGHTS_KEY]
+    assert set(state) == {PREVIOUS_WEIGHTS_KEY}  # the frozen models are the round's scratch
 
     # Second round, from other global weights: z_prev comes from the stored weights.
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     ctx = LocalContext(global_payload={}, state=state, device=torch.device("cpu"))
-    algorithm.begin_local(model, ctx)
-    previous, frozen_global = state["moon/previous_model"], state["moon/global_model"]
+    moon.begin_local(model, ctx)
+    previous, frozen_global = ctx.scratch[PREVIOUS_KEY], ctx.scratch[GLOBAL_KEY]
     assert not any(p.requires_grad for p in previous.parameters())
-    algorithm.training_loss(model, images, masks, ctx).backward()
+    moon.training_loss(model, images, masks, ctx).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     _, z = model.forward_with_projection(images)
     _, z_global = frozen_global.forward_with_projection(images)
@@ -79,10 +79,11 @@ def test_previous_model_kept_between_rounds():
     assert ctx.logs["moon/contrastive"] < math.log(2)  # z is its global self, not its previous
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("num_sites", [1, 4])
 def test_two_rounds_end_to_end_and_resumed(tmp_path, num_sites):
-    sites = make_synthetic("synthetic-nuclei", n_train=6, n_test=3, image_size=32)[:num_sites]
-    config = RunConfig(method="moon", rounds=2, n_train=6, n_test=3, image_size=32, init_features=8)
+    sites = tiny_sites(num_sites)
+    config = tiny_config("moon")
     history = Simulation(config, sites, progress=False).run()
     assert len(history) == 2 and math.isfinite(history[-1]["mean_dice"])
     first, second = (record["client_metrics"] for record in history)

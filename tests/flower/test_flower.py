@@ -1,8 +1,9 @@
 """The Flower engine: records, run config, and real local deployments on loopback.
 
-Two deployments (``fedbcs flower-local``) are shared by the slow checks: a clean
-two-round run (rounds, prototypes, processes, equality with the simulator) and a run
-where one SuperNode's ClientApp raises (fault reporting).
+Real deployments (``fedbcs flower-local``) are shared by the end-to-end checks: clean
+two-round runs of FedBCS (rounds, prototypes, processes, equality with the simulator) and
+of MOON (equality with the simulator), and a FedBCS run where one SuperNode's ClientApp
+raises (fault reporting).
 """
 
 from __future__ import annotations
@@ -35,17 +36,21 @@ from fedbcs_fl.flower.settings import (
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
 from fedbcs_fl.simulation import Simulation
 
+from .._tiny import tiny_argv, tiny_config
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--dataset", "synthetic-nuclei", "--image-size", "32", "--init-features", "8",
-    "--n-train", "6", "--n-test", "2", "--proto-dim", "8", "--seed", "0",
-]  # fmt: skip
 
 
-def flower_local(out: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *TINY, "--out", str(out)]
+def flower_local(out: Path, method: str, *args: str) -> subprocess.CompletedProcess:
+    """``fedbcs flower-local`` of the tiny run of ``method``, written to ``out``."""
+    command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *tiny_argv(method)]
     return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=600, cwd=ROOT, check=False
+        [*command, "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
     )
 
 
@@ -118,9 +123,7 @@ def _flower_task_identity(monkeypatch):
 
 def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch, eval_batch_sizes):
     _flower_task_identity(monkeypatch)
-    config = RunConfig(
-        method="fedavg", image_size=32, init_features=4, n_test=3, eval_batch_size=2
-    ).resolved()
+    config = tiny_config("fedavg", eval_batch_size=2)
     model = build_algorithm(config, 3, 2).build_model()
     weights = ArrayRecord(torch_state_dict=model.state_dict())
     message = Message(RecordDict({"arrays": weights}), dst_node_id=1, message_type="evaluate")
@@ -138,8 +141,7 @@ def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch, eval_
 
 def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
     _flower_task_identity(monkeypatch)
-    config = RunConfig(image_size=32, init_features=8, method_options={"proto_dim": 8})
-    config = config.resolved()
+    config = tiny_config("fedbcs")
     strategy = AlgorithmStrategy(build_algorithm(config, 3, 2), config, on_round=print)
     content = RecordDict({"config": ConfigRecord()})
     instruction = Message(content, dst_node_id=9, message_type="train")
@@ -154,22 +156,29 @@ def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("flower") / "run"
-    result = flower_local(out, "--clients", "2", "--rounds", "2", "--eval-every", "2")
-    return out, result
+def clean_runs(tmp_path_factory):
+    """method → (folder, process) of a clean two-round deployment, run when first asked."""
+    runs = {}
+
+    def clean_run(method: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if method not in runs:
+            out = tmp_path_factory.mktemp("flower") / method
+            runs[method] = out, flower_local(out, method, "--clients", "2", "--eval-every", "2")
+        return runs[method]
+
+    return clean_run
 
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("flower") / "faulty"
-    result = flower_local(out, "--clients", "2", "--rounds", "1", "--fail-partition", "1")
+    result = flower_local(out, "fedbcs", "--clients", "2", "--rounds", "1", "--fail-partition", "1")
     return out, result
 
 
-@pytest.mark.slow
-def test_two_rounds_complete_and_prototypes_reach_the_clients(clean_run):
-    out, result = clean_run
+@pytest.mark.e2e
+def test_two_rounds_complete_and_prototypes_reach_the_clients(clean_runs):
+    out, result = clean_runs("fedbcs")
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads((out / "flower-local.json").read_text())
     assert report["ok"] and report["status"] == "finished:completed"
@@ -187,9 +196,10 @@ def test_two_rounds_complete_and_prototypes_reach_the_clients(clean_run):
     assert not [pid for pid in report["pids"] if alive(pid)]
 
 
-@pytest.mark.slow
-def test_flower_and_the_simulator_give_the_same_global_model(clean_run):
-    out, result = clean_run
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["fedbcs", "moon"])
+def test_flower_and_the_simulator_give_the_same_global_model(clean_runs, method):
+    out, result = clean_runs(method)
     assert result.returncode == 0, result.stderr + result.stdout
     config = RunConfig.load(out / "config.json")
     simulation = Simulation(config, load_sites(config), out_dir=None, progress=False)
@@ -200,7 +210,7 @@ def test_flower_and_the_simulator_give_the_same_global_model(clean_run):
         torch.testing.assert_close(flower[key], tensor, rtol=0, atol=1e-6, msg=key)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_client_that_raises_is_reported_and_the_round_completes(faulty_run):
     out, result = faulty_run
     assert result.returncode == 0, result.stderr + result.stdout
