@@ -4,7 +4,9 @@ A method spec is a method name with optional option changes after slashes, e.g.
 ``fedbcs``, ``fedbcs/no-fsr`` (FSR off: CDPA only), ``fedbcs/no-cdpa`` (FSR only) or
 ``fedbcs/tau=0.1``. Each (spec, seed) runs as ``fedbcs train`` in its own folder
 ``OUT/<spec with + for />/seed<k>``; a run whose model file exists is finished and is not
-run again, so an interrupted comparison resumes where it stopped.
+run again, so an interrupted comparison resumes where it stopped. A finished run made with
+other settings (another ``--rounds``, another ``--eval-every``, …) is an error, never
+mixed into the tables.
 
 Writes ``table1.md`` (per-site Dice, mean ± std over seeds, AVG and Δ vs FedAvg, best in
 bold and second underlined: at the final round, then at each run's best round, chosen on
@@ -104,24 +106,40 @@ def run_dir(out: Path, spec: str, seed: int) -> Path:
     return out / spec.replace("/", "+") / f"seed{seed}"
 
 
+def _train_args(spec: str, seed: int, common: list[str]) -> list[str]:
+    """The ``fedbcs train`` arguments of one (spec, seed), without ``--out``."""
+    name, changes = parse_spec(spec)
+    return ["train", "--method", name, *changes, *common, "--seed", str(seed)]
+
+
+def check_finished(folder: Path, spec: str, seed: int, common: list[str]) -> None:
+    """Raise ``ValueError`` when the finished run in ``folder`` was made with other settings
+    than this comparison asks for (a finished run is reused, never silently mixed in)."""
+    from .cli import build_parser, config_from_args
+
+    wanted = config_from_args(build_parser().parse_args(_train_args(spec, seed, common)))
+    found = RunConfig.load(folder / "config.json")
+    differ = sorted(k for k, v in vars(wanted).items() if getattr(found, k) != v)
+    if differ:
+        changes = ", ".join(f"{k} {getattr(found, k)!r} ≠ {getattr(wanted, k)!r}" for k in differ)
+        raise ValueError(
+            f"{folder} holds a finished run with other settings ({changes}): remove it, or "
+            "give another --out"
+        )
+
+
 def _run_one(spec: str, seed: int, out: Path, common: list[str], jobs: int) -> Path:
     folder = run_dir(out, spec, seed)
     if (folder / "model.safetensors").exists():
+        check_finished(folder, spec, seed, common)
         return folder
     if folder.exists():  # an interrupted run: start it again from round 1
         shutil.rmtree(folder)
-    name, changes = parse_spec(spec)
     cmd = [
         sys.executable,
         "-m",
         "fedbcs_fl.cli",
-        "train",
-        "--method",
-        name,
-        *changes,
-        *common,
-        "--seed",
-        str(seed),
+        *_train_args(spec, seed, common),
         "--out",
         str(folder),
         "--quiet",

@@ -138,6 +138,12 @@ def test_compare_writes_reports_and_resumes(tmp_path, capsys):
     assert "| fedprox |" in (out / "table1.md").read_text()
     assert "| fedprox |" in capsys.readouterr().out
 
+    # A finished run made with other settings is never mixed in.
+    changed = ["compare", "--methods", "fedavg", *RUN, "--eval-every", "2", "--out", str(out)]
+    assert main(changed) == 2
+    error = capsys.readouterr().err
+    assert "holds a finished run with other settings (eval_every 1 ≠ 2)" in error
+
 
 def test_compare_checks_every_spec_before_running_any(tmp_path, capsys):
     args = ["compare", "--methods", "fedavg,fedbcs/tau=-1", *RUN, "--out", str(tmp_path)]
