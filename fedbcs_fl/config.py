@@ -45,7 +45,7 @@ def synthetic_version(dataset: str) -> int | None:
     """The version of the generator behind a synthetic ``dataset`` (None for real data)."""
     from .data.synthetic import SYNTHETIC_SITES, SYNTHETIC_VERSION
 
-    return SYNTHETIC_VERSION if dataset in SYNTHETIC_SITES else None
+    return SYNTHETIC_VERSION[dataset] if dataset in SYNTHETIC_SITES else None
 
 
 @dataclass

@@ -29,10 +29,10 @@ def load_sites(config, workers: int = 0) -> list[SiteData]:
     name = config.dataset
     if name in SYNTHETIC_SITES:
         version = getattr(config, "data_version", None)
-        if version is not None and version != SYNTHETIC_VERSION:
+        if version is not None and version != SYNTHETIC_VERSION[name]:
             raise ValueError(
                 f"this run used {name} version {version}; this fedbcs generates version "
-                f"{SYNTHETIC_VERSION} (docs/data.md): start a new run, or install the fedbcs "
+                f"{SYNTHETIC_VERSION[name]} (docs/data.md): start a new run, or install the fedbcs "
                 "that made it"
             )
         return make_synthetic(

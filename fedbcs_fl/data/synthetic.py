@@ -4,9 +4,9 @@ Real medical images cannot ship with the package, so the default experiments run
 generated here, deterministically from a seed, with no downloads and no files. Each data
 set carries the problem FedBCS addresses (paper Sec. 1 and 4.1): every site draws its
 masks from one shared content process, and only the acquisition differs (the "style" a
-scanner, a staining protocol or a magnification imposes). Version 2 of the generators
-(:data:`SYNTHETIC_VERSION`, recorded in every run's ``config.json``) makes that style hard
-to remove, because it is the kind real sources have:
+scanner, a staining protocol or a magnification imposes). Since version 2 of the
+generators (:data:`SYNTHETIC_VERSION` per data set, recorded in every run's
+``config.json``) that style is hard to remove, because it is the kind real sources have:
 
 - **Style varies per image** around the site's mean (stain vectors and strengths,
   per-channel gain and offset, gamma, blur, noise), and one site of each set pools two or
@@ -63,8 +63,10 @@ from .base import SiteData
 
 __all__ = ["SITE_SIZES", "SYNTHETIC_SITES", "SYNTHETIC_VERSION", "make_synthetic"]
 
-SYNTHETIC_VERSION = 2
-"""Version of the generators; a run's ``config.json`` records it (``data_version``)."""
+SYNTHETIC_VERSION: dict[str, int] = {"synthetic-nuclei": 2, "synthetic-prostate": 3}
+"""Version of each data set's generator; a run's ``config.json`` records it
+(``data_version``). Version 3 of synthetic-prostate darkens site-D's protocol and centres
+the endorectal coil's hot spot on the rectum (docs/data.md)."""
 
 # A monotone piecewise-linear intensity curve: output levels at equally spaced inputs
 # 0, 1/(K-1), ..., 1. Levels that reach 1 early clip the highlights; a first level above 0
@@ -373,7 +375,9 @@ _PROSTATE_SITES: dict[str, Site] = {
         slice_thickness=0.4,
         styles=(_TSE, _TSE_DARK),
     ),
-    # 1.5 T body coil: a third of the resolution, strongly anisotropic, strong noise.
+    # 1.5 T body coil: a third of the resolution, strongly anisotropic, strong noise, and
+    # a dark protocol whose steep curve crushes the mid-grey tissue, set per exam, so its
+    # images vary widely around the site's mean (version 3).
     "site-D": Site(
         size=1.5,
         magnification=0.9,
@@ -386,8 +390,9 @@ _PROSTATE_SITES: dict[str, Site] = {
                 fda=0.5,
                 noise=0.09,
                 window=(0.0, 1.0),
-                gamma=1.0,
-                jitter=1.0,
+                gamma=2.0,
+                curve=(0.0, 0.02, 0.08, 0.3, 1.0),
+                jitter=1.3,
             ),
         ),
     ),
@@ -977,8 +982,8 @@ def _prostate_content(
 
     Returns:
         ``image`` float32 ``[n, 3, S, S]`` (T2-like signal, about [0, 1]), ``mask``
-        int64 ``[n, S, S]`` (centre slice) and ``rectum_y`` ``[n, 1, 1, 1]`` (the rectum's
-        vertical position, where an endorectal coil sits).
+        int64 ``[n, S, S]`` (centre slice) and ``rectum`` (``x``, ``y``), each
+        ``[n, 1, 1, 1]``: the rectum's centre, where an endorectal coil sits.
     """
     coords = ((torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1) / magnification
     y = coords.view(1, 1, size, 1)
@@ -1048,7 +1053,7 @@ def _prostate_content(
 
     image = background * (1 - gland) + gland_intensity * gland - capsule
     mask = (radial[:, 1] < 1).long()
-    return image.clamp(min=0), mask, rectum_y
+    return image.clamp(min=0), mask, (centre_x, rectum_y)
 
 
 def _render_prostate(
@@ -1068,7 +1073,7 @@ def _render_prostate(
     upsampled bilinearly; then the N/2 ghost, the FDA blend with the site reference, the
     gain and window, the gamma and the site curve.
     """
-    image, mask, rectum_y = _prostate_content(
+    image, mask, (rectum_x, rectum_y) = _prostate_content(
         content_gen, n, size, site.magnification, site.slice_thickness
     )
     styles = site.styles
@@ -1080,7 +1085,9 @@ def _render_prostate(
     log_bias = bias * _random_field(style_gen, (n, 1, size, size), 0.35 * size)
     coil = _per_image(styles, choice, "coil").view(-1, 1, 1, 1)
     image = (
-        image * torch.exp(log_bias) * (1 + coil * torch.exp(-(x**2 + (y - rectum_y) ** 2) / 0.15))
+        image
+        * torch.exp(log_bias)
+        * (1 + coil * torch.exp(-((x - rectum_x) ** 2 + (y - rectum_y) ** 2) / 0.15))
     )
 
     noise = _per_image(styles, choice, "noise").view(-1, 1, 1, 1)

@@ -292,7 +292,7 @@ def test_site_grid_is_a_png(tmp_path):
 
 def test_runs_record_the_generator_version_and_refuse_another():
     config = RunConfig(dataset="synthetic-prostate", n_train=2, n_test=1, image_size=32).resolved()
-    assert config.data_version == synthetic.SYNTHETIC_VERSION
+    assert config.data_version == synthetic.SYNTHETIC_VERSION["synthetic-prostate"] == 3
     assert RunConfig(dataset="prostate").resolved().data_version is None
     assert len(load_sites(RunConfig.from_json(config.to_json()))) == 6
 
@@ -300,8 +300,13 @@ def test_runs_record_the_generator_version_and_refuse_another():
     del written_before_versions["data_version"]
     old = RunConfig.from_json(json.dumps(written_before_versions))
     assert old.data_version == 1
-    with pytest.raises(ValueError, match="version 1; this fedbcs generates version 2"):
+    with pytest.raises(ValueError, match="version 1; this fedbcs generates version 3"):
         load_sites(old)
+    # Version 3 changed synthetic-prostate only: a version-2 prostate run is refused.
+    with pytest.raises(ValueError, match="version 2; this fedbcs generates version 3"):
+        load_sites(dataclasses.replace(config, data_version=2))
+    nuclei = RunConfig(dataset="synthetic-nuclei", n_train=2, n_test=1, image_size=32).resolved()
+    assert nuclei.data_version == 2
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
