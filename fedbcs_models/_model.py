@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedbcs_ops._validate import check_tensor
+from fedbcs_ops import check_tensor
 
 from ._cdpa import CDPAHead, StreamEmbedding
 from ._taps import FeatureTaps
