@@ -74,8 +74,8 @@ class CDPAModel(nn.Module):
             raise ValueError(
                 f"x must have {self.taps.in_channels} channels, got shape {tuple(x.shape)}"
             )
-        logits, encoder_levels, decoder_levels = self.taps.forward_with_levels(x)
-        return logits, self.head(encoder_levels, decoder_levels, x.shape[-2:])
+        tapped = self.taps.forward_with_levels(x)
+        return tapped.output, self.head(tapped.encoder, tapped.decoder, x.shape[-2:])
 
     @staticmethod
     def stream_prototype_sums(
