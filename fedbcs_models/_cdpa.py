@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbcs_ops import class_sums
-from fedbcs_ops._validate import check_tensor
+from fedbcs_ops import check_tensor, class_sums
 
 STREAMS = ("encoder", "decoder")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedbcs_ops._validate import check_tensor
+from fedbcs_ops import check_tensor
 
 from ._cdpa import CDPAHead, StreamEmbedding
 from ._taps import FeatureTaps
@@ -74,8 +74,8 @@ class CDPAModel(nn.Module):
             raise ValueError(
                 f"x must have {self.taps.in_channels} channels, got shape {tuple(x.shape)}"
             )
-        logits, encoder_levels, decoder_levels = self.taps.forward_with_levels(x)
-        return logits, self.head(encoder_levels, decoder_levels, x.shape[-2:])
+        tapped = self.taps.forward_with_levels(x)
+        return tapped.output, self.head(tapped.encoder, tapped.decoder, x.shape[-2:])
 
     @staticmethod
     def stream_prototype_sums(

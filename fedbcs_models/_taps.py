@@ -2,27 +2,47 @@
 
 What is tapped, per architecture (levels are returned finest first):
 
-==================  =====================================  ===================================
-model               encoder levels                         decoder levels
-==================  =====================================  ===================================
-UNet                ``encoder`` output[1:]: enc1–enc4,      ``decoder.blocks``: the four up
-                    strides 1, 2, 4, 8 (after FSR)          blocks, strides 1, 2, 4, 8
-smp Unet            ``encoder`` output[1:], strides 2–32    ``decoder.blocks``, strides 1–16
-smp UnetPlusPlus    same                                    ``decoder.blocks["x_0_j"]``,
-                                                            j = 0..depth (the top row),
-                                                            strides 1–16
-smp FPN             same                                    ``decoder.p5 .. p2``, strides 32–4
-smp DeepLabV3Plus   same                                    ``decoder.aspp`` (stride 16) and
-                                                            ``decoder.block2`` (stride 4)
-==================  =====================================  ===================================
+==================  ==========================  ============================  ================
+model               encoder levels              decoder levels                bottleneck
+==================  ==========================  ============================  ================
+UNet                ``encoder`` output[1:]:     ``decoder.blocks``: the four  ``decoder.center``
+                    enc1–enc4, strides 1, 2,    up blocks, strides 1, 2, 4,   (16f, stride 16)
+                    4, 8 (after FSR)            8
+smp Unet            ``encoder`` output[1:],     ``decoder.blocks``, strides   ``decoder.center``
+                    strides 2–32                1–16                          (stride 32)
+smp UnetPlusPlus    same                        ``decoder.blocks["x_0_j"]``,  deepest encoder
+                                                j = 0..depth (the top row),   level (stride 32)
+                                                strides 1–16
+smp FPN             same                        ``decoder.p5 .. p2``,         deepest encoder
+                                                strides 32–4                  level (stride 32)
+smp DeepLabV3Plus   same                        ``decoder.aspp`` (stride 16)  deepest encoder
+                                                and ``decoder.block2``        level (stride 16)
+                                                (stride 4)
+==================  ==========================  ============================  ================
 
-The encoder's feature list starts with the input itself (smp convention), which is not
-a level; zero-channel entries (transformer-style timm encoders) are skipped. Channel
-counts and strides come from one dry run at construction.
+The bottleneck is the deepest feature map the decoder starts from: the output of the
+decoder's ``center`` where its forward runs one (smp's UnetPlusPlus has a ``center`` it
+never calls), else the encoder's deepest level itself. The encoder's feature list starts
+with the input itself (smp convention), which is not a level; zero-channel entries
+(transformer-style timm encoders) are skipped. Channel counts and strides come from one
+dry run at construction.
+
+The hooks exist only while :meth:`FeatureTaps.forward_with_levels` runs: they are
+registered on entry and removed on exit, however the forward ends. Between calls the
+model carries no hook of the taps, so ``model(x)``, ``copy.deepcopy`` and ``state_dict``
+see the model exactly as without taps. A module that owns both the model and its taps
+(:class:`~fedbcs_models.CDPAModel`) can be deep-copied: the copy's taps point at the
+copy's model.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
@@ -32,33 +52,65 @@ from torch import nn
 from ._discovery import DRY_RUN_SIZE, dry_run, encoder_of, input_channels
 from ._unet import UNetDecoder
 
+
+@dataclass(frozen=True)
+class DecoderTaps:
+    """Where the taps of one decoder type are.
+
+    Args:
+        levels: ``decoder → modules`` whose outputs are the decoder levels, in any order
+            (they are returned finest first).
+        bottleneck: ``decoder → module`` whose output is the bottleneck; None (default)
+            when the decoder starts from the encoder's deepest level itself.
+    """
+
+    levels: Callable[[nn.Module], list[nn.Module]]
+    bottleneck: Callable[[nn.Module], nn.Module] | None = None
+
+
 DECODER_TAPS = {
-    UNetDecoder: lambda decoder: list(decoder.blocks),
-    UnetDecoder: lambda decoder: list(decoder.blocks),
-    UnetPlusPlusDecoder: lambda decoder: [
-        decoder.blocks[f"x_0_{column}"] for column in range(decoder.depth + 1)
-    ],
-    FPNDecoder: lambda decoder: [decoder.p5, decoder.p4, decoder.p3, decoder.p2],
-    DeepLabV3PlusDecoder: lambda decoder: [decoder.aspp, decoder.block2],
+    UNetDecoder: DecoderTaps(lambda decoder: list(decoder.blocks), lambda decoder: decoder.center),
+    UnetDecoder: DecoderTaps(lambda decoder: list(decoder.blocks), lambda decoder: decoder.center),
+    UnetPlusPlusDecoder: DecoderTaps(
+        lambda decoder: [decoder.blocks[f"x_0_{column}"] for column in range(decoder.depth + 1)]
+    ),
+    FPNDecoder: DecoderTaps(lambda decoder: [decoder.p5, decoder.p4, decoder.p3, decoder.p2]),
+    DeepLabV3PlusDecoder: DecoderTaps(lambda decoder: [decoder.aspp, decoder.block2]),
 }
+
+
+class TappedForward(NamedTuple):
+    """What :meth:`FeatureTaps.forward_with_levels` returns."""
+
+    output: torch.Tensor  # the model's own output: model(x)
+    encoder: list[torch.Tensor]  # encoder levels, finest first
+    decoder: list[torch.Tensor]  # decoder levels, finest first
+    bottleneck: torch.Tensor  # the deepest feature map the decoder starts from
 
 
 def _finest_first(levels):
     return sorted(levels, key=lambda level: -level.shape[-2] * level.shape[-1])
 
 
+def _append_output(outputs: list, module, inputs, output):
+    """The forward hook of a tapped module, bound to its list by ``functools.partial``."""
+    outputs.append(output)
+
+
 class FeatureTaps:
-    """Collects a model's multi-level encoder and decoder features through forward hooks.
+    """Collects a model's multi-level encoder and decoder features and its bottleneck.
 
     Args:
         model: :class:`~fedbcs_models.UNet` or an smp Unet, UnetPlusPlus, FPN or
-            DeepLabV3Plus (the decoder types in ``DECODER_TAPS``; add an entry there for
-            another decoder). The model's own forward is untouched: the hooks record only
-            inside :meth:`forward_with_levels`, so ``model(x)`` costs and returns as before.
+            DeepLabV3Plus (the decoder types in ``DECODER_TAPS``; add a
+            :class:`DecoderTaps` entry there for another decoder). The model is not
+            changed: hooks are in place only inside :meth:`forward_with_levels`, so
+            ``model(x)`` costs and returns as before.
 
     Attributes (from a dry run at construction, ``64×64`` input):
         encoder_channels, decoder_channels: channel counts of the levels, finest first.
         encoder_strides, decoder_strides: their strides relative to the input.
+        bottleneck_channels, bottleneck_stride: the same for the bottleneck.
         in_channels: the input channels the model expects.
 
     Example:
@@ -66,6 +118,11 @@ class FeatureTaps:
         >>> taps = FeatureTaps(UNet(init_features=8))
         >>> taps.encoder_channels, taps.decoder_strides
         ([8, 16, 32, 64], [1, 2, 4, 8])
+        >>> taps.bottleneck_channels, taps.bottleneck_stride
+        (128, 16)
+        >>> tapped = taps.forward_with_levels(torch.randn(2, 3, 64, 64))
+        >>> tapped.decoder[0].shape, tapped.bottleneck.shape
+        (torch.Size([2, 8, 64, 64]), torch.Size([2, 128, 4, 4]))
     """
 
     def __init__(self, model: nn.Module):
@@ -79,44 +136,46 @@ class FeatureTaps:
             )
         self.model = model
         self.in_channels = input_channels(encoder)
-        self._recording = False
-        self._encoder_levels = []
-        self._decoder_levels = []
-        encoder.register_forward_hook(self._record_encoder)
-        self._decoder_modules = taps(decoder)
-        for module in self._decoder_modules:
-            module.register_forward_hook(self._record_decoder)
-        _, encoder_levels, decoder_levels = self._collect(
-            lambda: dry_run(model, in_channels=self.in_channels)
-        )
-        self.encoder_channels = [level.shape[1] for level in encoder_levels]
-        self.decoder_channels = [level.shape[1] for level in decoder_levels]
-        self.encoder_strides = [DRY_RUN_SIZE // level.shape[-1] for level in encoder_levels]
-        self.decoder_strides = [DRY_RUN_SIZE // level.shape[-1] for level in decoder_levels]
+        self._encoder = encoder
+        self._decoder_modules = taps.levels(decoder)
+        self._bottleneck_module = None if taps.bottleneck is None else taps.bottleneck(decoder)
+        tapped = self._collect(lambda: dry_run(model, in_channels=self.in_channels))
+        self.encoder_channels = [level.shape[1] for level in tapped.encoder]
+        self.decoder_channels = [level.shape[1] for level in tapped.decoder]
+        self.bottleneck_channels = tapped.bottleneck.shape[1]
+        self.encoder_strides = [DRY_RUN_SIZE // level.shape[-1] for level in tapped.encoder]
+        self.decoder_strides = [DRY_RUN_SIZE // level.shape[-1] for level in tapped.decoder]
+        self.bottleneck_stride = DRY_RUN_SIZE // tapped.bottleneck.shape[-1]
 
-    def _record_encoder(self, module, inputs, features):
-        if self._recording:
-            self._encoder_levels = [level for level in features[1:] if level.shape[1] > 0]
-
-    def _record_decoder(self, module, inputs, output):
-        if self._recording:
-            self._decoder_levels.append(output)
-
-    def forward_with_levels(self, x):
-        """``(model(x), encoder_levels, decoder_levels)``, the levels finest first."""
+    def forward_with_levels(self, x: torch.Tensor) -> TappedForward:
+        """``model(x)`` with its encoder and decoder levels (finest first) and bottleneck."""
         return self._collect(lambda: self.model(x))
 
-    def _collect(self, run):
-        self._recording = True
+    def _collect(self, run) -> TappedForward:
+        encoder_outputs, decoder_levels, bottlenecks = [], [], []
+        hooked = [(self._encoder, encoder_outputs)]
+        hooked += [(module, decoder_levels) for module in self._decoder_modules]
+        if self._bottleneck_module is not None:
+            hooked.append((self._bottleneck_module, bottlenecks))
+        # Registered last, so they see each module's final output (after FSR's hooks).
+        handles = [
+            module.register_forward_hook(functools.partial(_append_output, outputs))
+            for module, outputs in hooked
+        ]
         try:
             output = run()
-            encoder_levels, decoder_levels = self._encoder_levels, self._decoder_levels
         finally:
-            self._recording = False
-            self._encoder_levels, self._decoder_levels = [], []
-        if len(decoder_levels) != len(self._decoder_modules):
+            for handle in handles:
+                handle.remove()
+        expected = (1, len(self._decoder_modules), int(self._bottleneck_module is not None))
+        recorded = (len(encoder_outputs), len(decoder_levels), len(bottlenecks))
+        if recorded != expected:
             raise RuntimeError(
-                f"expected {len(self._decoder_modules)} decoder levels, recorded "
-                f"{len(decoder_levels)}: a tapped module ran more or less than once"
+                f"expected (encoder, decoder levels, bottleneck) outputs {expected}, recorded "
+                f"{recorded}: a tapped module ran more or less than once"
             )
-        return output, _finest_first(encoder_levels), _finest_first(decoder_levels)
+        encoder_levels = [level for level in encoder_outputs[0][1:] if level.shape[1] > 0]
+        bottleneck = bottlenecks[0] if bottlenecks else encoder_levels[-1]
+        return TappedForward(
+            output, _finest_first(encoder_levels), _finest_first(decoder_levels), bottleneck
+        )

@@ -8,7 +8,24 @@ import torch
 def check_tensor(
     name: str, value: object, *, ndim: int | None = None, kind: str | None = None
 ) -> torch.Tensor:
-    """Check that ``value`` is a tensor with ``ndim`` dims of ``kind`` "float" or "int"."""
+    """Check that ``value`` is a tensor with ``ndim`` dims of ``kind`` "float" or "int".
+
+    Args:
+        name: the argument's name, put in the error message.
+        value: what was passed.
+        ndim: the number of dimensions it must have (default: any).
+        kind: ``"float"`` (floating point) or ``"int"`` (integer, not bool); default any.
+
+    Returns:
+        ``value``. Raises ``TypeError`` (not a tensor, wrong kind) or ``ValueError``
+        (wrong number of dimensions), each naming ``name``.
+
+    Example:
+        >>> check_tensor("x", torch.zeros(2, 3), ndim=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: x must have 3 dimensions, got shape (2, 3) (2)
+    """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if ndim is not None and value.ndim != ndim:

@@ -1,6 +1,6 @@
 """What the pixel-prototype baselines (FedProto, FPL, FedContrast, FedPLVM) share.
 
-:class:`PixelPrototypeAlgorithm` runs the feature UNet, adds the method's prototype loss
+:class:`PixelPrototypeAlgorithm` runs the tapped UNet, adds the method's prototype loss
 on the pixel features (the last decoder block's output, baselines.md), and by default
 sends the exact class means of those features over the last local epoch: the present
 classes' rows under ``protos`` and their class ids under ``labels``.
@@ -15,7 +15,7 @@ from fedbcs_ops import class_sums, prototypes_from_sums
 
 from ..aggregation import cluster_class_rows
 from ..losses import multi_positive_infonce
-from ._features import build_feature_unet
+from ._features import build_tapped_unet
 from .base import Algorithm, ClientUpdate, LocalContext
 
 
@@ -77,7 +77,7 @@ def class_mean_gap(
 
 
 class PixelPrototypeAlgorithm(Algorithm):
-    """FedAvg on the feature UNet plus a prototype loss on the pixel features.
+    """FedAvg on the tapped UNet plus a prototype loss on the pixel features.
 
     Subclasses define :meth:`prototype_loss`. By default the client sends exact class
     means (:meth:`record_prototypes`, :meth:`end_local`) and the server clusters every
@@ -87,10 +87,11 @@ class PixelPrototypeAlgorithm(Algorithm):
     prototype_keys = ("protos",)
 
     def build_model(self):
-        return build_feature_unet(self)
+        return build_tapped_unet(self)
 
     def training_loss(self, model, images, masks, ctx: LocalContext):
-        logits, features, _ = model.forward_with_features(images)
+        tapped = model.taps.forward_with_levels(images)
+        logits, features = tapped.output, tapped.decoder[0]
         if ctx.last_epoch:
             with torch.no_grad():
                 self.record_prototypes(features, masks, ctx)

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._features import build_feature_unet
+from ._features import build_tapped_unet
 from .base import Algorithm, LocalContext
 
 # The sampling generator lives in the round's scratch; the client's persistent state keeps
@@ -68,7 +68,7 @@ class FedUV(Algorithm):
     }
 
     def build_model(self):
-        return build_feature_unet(self)
+        return build_tapped_unet(self)
 
     def begin_local(self, model, ctx: LocalContext):
         generator = torch.Generator()
@@ -79,7 +79,8 @@ class FedUV(Algorithm):
         ctx.scratch[GENERATOR_KEY] = generator
 
     def training_loss(self, model, images, masks, ctx: LocalContext):
-        logits, pixels, _ = model.forward_with_features(images)
+        tapped = model.taps.forward_with_levels(images)
+        logits, pixels = tapped.output, tapped.decoder[0]
         features = pixels.permute(0, 2, 3, 1).reshape(-1, pixels.shape[1])
         count = min(int(self.opt["uniformity_samples"]), features.shape[0])
         chosen = torch.randperm(features.shape[0], generator=ctx.scratch[GENERATOR_KEY])[:count]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import multi_positive_infonce
-from ._features import FeatureUNet, build_feature_unet
+from ._features import TappedUNet, build_tapped_unet
 from .base import Algorithm, LocalContext
 
 # The client's persistent state keeps its weights between rounds; the round's scratch
@@ -45,16 +45,16 @@ PREVIOUS_KEY = "moon/previous_model"
 
 
 class ProjectedUNet(nn.Module):
-    """A :class:`FeatureUNet` (``self.backbone``) with MOON's projection head (``self.head``).
+    """A :class:`TappedUNet` (``self.backbone``) with MOON's projection head (``self.head``).
 
     ``model(x)`` returns logits; ``model.forward_with_projection(x)`` returns
     ``(logits, z)`` with ``z`` ``[B, proj_dim]``.
     """
 
-    def __init__(self, backbone: FeatureUNet, proj_dim: int):
+    def __init__(self, backbone: TappedUNet, proj_dim: int):
         super().__init__()
         self.backbone = backbone
-        width = backbone.bottleneck_channels
+        width = backbone.taps.bottleneck_channels
         self.head = nn.Sequential(
             nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, proj_dim)
         )
@@ -63,8 +63,8 @@ class ProjectedUNet(nn.Module):
         return self.backbone(x)
 
     def forward_with_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, _, bottleneck = self.backbone.forward_with_features(x)
-        return logits, self.head(bottleneck.mean(dim=(2, 3)))
+        tapped = self.backbone.taps.forward_with_levels(x)
+        return tapped.output, self.head(tapped.bottleneck.mean(dim=(2, 3)))
 
 
 def moon_contrastive_loss(
@@ -96,7 +96,7 @@ class MOON(Algorithm):
     }
 
     def build_model(self):
-        return ProjectedUNet(build_feature_unet(self), int(self.opt["proj_dim"]))
+        return ProjectedUNet(build_tapped_unet(self), int(self.opt["proj_dim"]))
 
     # ---- client side ----------------------------------------------------------------
 

@@ -80,7 +80,8 @@ def test_training_loss_samples_reproducibly():
     model = algorithm.build_model()
     images = torch.rand(2, 3, 32, 32)
     masks = torch.zeros(2, 32, 32, dtype=torch.long)  # foreground absent on this client
-    logits, pixels, _ = model.forward_with_features(images)
+    tapped = model.taps.forward_with_levels(images)
+    logits, pixels = tapped.output, tapped.decoder[0]
     features = pixels.permute(0, 2, 3, 1).reshape(-1, 8)
     generator = torch.Generator().manual_seed(0)  # the run's seed
     state = {}

@@ -42,6 +42,17 @@ def test_contrastive_loss_small_tau_does_not_overflow():
     assert torch.isfinite(z.grad).all()
 
 
+def test_frozen_copies_tap_their_own_unet():
+    """The frozen global model is a deep copy: its taps must run the copy, not the original."""
+    moon = tiny_algorithm("moon")
+    model = moon.build_model()
+    ctx = LocalContext(global_payload={}, state={}, device=torch.device("cpu"))
+    moon.begin_local(model, ctx)
+    frozen = ctx.scratch[GLOBAL_KEY].backbone
+    assert frozen.taps.model is frozen.unet
+    assert frozen.unet is not model.backbone.unet
+
+
 def test_previous_model_kept_between_rounds():
     torch.manual_seed(0)
     moon = tiny_algorithm("moon")

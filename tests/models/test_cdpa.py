@@ -193,7 +193,7 @@ def test_plain_forward_returns_logits_and_records_nothing():
     x = torch.randn(1, 3, 32, 32)
     logits = model(x)
     assert isinstance(logits, torch.Tensor) and logits.shape == (1, 2, 32, 32)
-    assert model.taps._encoder_levels == [] and model.taps._decoder_levels == []
+    assert not any(module._forward_hooks for module in model.modules())
 
 
 def test_deepcopy_is_independent():
@@ -201,6 +201,7 @@ def test_deepcopy_is_independent():
     torch.manual_seed(0)
     model = build_fedbcs_unet(in_channels=1, init_features=8, proto_dim=4)
     clone = copy.deepcopy(model)
+    assert clone.taps.model is clone.backbone
     with torch.no_grad():
         for parameter in clone.parameters():
             parameter.add_(1.0)

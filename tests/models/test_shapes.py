@@ -17,6 +17,11 @@ class BaseModelTester:
 
     fsr_stages = (2, 3, 4)
 
+    @staticmethod
+    def expected_bottleneck(backbone, x):
+        """smp: the deepest encoder level (smp Unet's ``center`` is an Identity)."""
+        return backbone.encoder(x)[-1]
+
     @classmethod
     def build(cls):
         raise NotImplementedError
@@ -49,6 +54,29 @@ class BaseModelTester:
         assert model.taps.decoder_strides == sorted(model.taps.decoder_strides)
         assert len(model.taps.decoder_channels) >= 2
 
+    @pytest.mark.parametrize("size", [64, 96])
+    def test_bottleneck(self, model, size):
+        taps = model.taps
+        x = torch.randn(2, taps.in_channels, size, size)
+        tapped = taps.forward_with_levels(x)
+        side = size // taps.bottleneck_stride
+        assert tapped.bottleneck.shape == (2, taps.bottleneck_channels, side, side)
+        torch.testing.assert_close(tapped.bottleneck, self.expected_bottleneck(model.backbone, x))
+        torch.testing.assert_close(tapped.output, model(x))
+
+    def test_taps_leave_no_hooks(self, model):
+        """The taps hook only for the call, even when the forward raises; FSR's stay."""
+
+        def hooks():
+            return sum(len(module._forward_hooks) for module in model.modules())
+
+        assert hooks() == len(self.fsr_stages)
+        model.taps.forward_with_levels(torch.randn(2, model.taps.in_channels, 64, 64))
+        assert hooks() == len(self.fsr_stages)
+        with pytest.raises((RuntimeError, ValueError)):  # wrong channel count
+            model.taps.forward_with_levels(torch.randn(2, model.taps.in_channels + 1, 64, 64))
+        assert hooks() == len(self.fsr_stages)
+
     def test_fsr_modules_match_stage_channels(self, model):
         for stage in self.fsr_stages:
             fsr = model.backbone.encoder_fsr[f"stage{stage}"]
@@ -60,10 +88,15 @@ class TestUNet(BaseModelTester):
     def build(cls):
         return UNet(in_channels=1, classes=CLASSES, init_features=8)
 
+    @staticmethod
+    def expected_bottleneck(backbone, x):
+        return backbone.decoder.center(backbone.encoder(x)[-1])
+
     def test_levels_are_the_released_ones(self, model):
         taps = model.taps
         assert (taps.encoder_channels, taps.encoder_strides) == ([8, 16, 32, 64], [1, 2, 4, 8])
         assert (taps.decoder_channels, taps.decoder_strides) == ([8, 16, 32, 64], [1, 2, 4, 8])
+        assert (taps.bottleneck_channels, taps.bottleneck_stride) == (128, 16)
 
 
 # Narrow decoders keep the suite fast; the taps and FSR discover whatever widths there are.
