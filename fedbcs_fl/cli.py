@@ -183,7 +183,7 @@ def _write_summary(config: RunConfig, out: Path, records: list[dict], baseline_d
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import REAL_DATASETS, load_sites
-    from .data.checks import write_split
+    from .data.splits import write_split
     from .simulation import Simulation
 
     if args.resume:

@@ -23,7 +23,7 @@ def _real(name: str):
 def load_sites(config, workers: int = 0) -> list[SiteData]:
     """The sites of ``config.dataset`` (a resolved :class:`~fedbcs_fl.config.RunConfig`).
 
-    Real data sets raise :class:`~fedbcs_fl.data.checks.DataError` (a ValueError) listing
+    Real data sets raise :class:`~fedbcs_fl.data.problems.DataError` (a ValueError) listing
     every problem in the folder.
     """
     name = config.dataset
@@ -61,7 +61,7 @@ def load_sites(config, workers: int = 0) -> list[SiteData]:
 
 
 def check_data(dataset: str, data_root: str, sites=None, workers: int = 0):
-    """A :class:`~fedbcs_fl.data.checks.Report` of a real data folder: counts and problems."""
+    """A :class:`~fedbcs_fl.data.problems.Report` of a real data folder: counts and problems."""
     if dataset not in REAL_DATASETS:
         raise ValueError(f"check-data reads real data sets; valid: {', '.join(REAL_DATASETS)}")
     _, check = _real(dataset)
