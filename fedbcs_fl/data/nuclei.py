@@ -28,8 +28,6 @@ import tifffile
 import torch
 from PIL import Image
 
-from fedbcs_fl.data import NUCLEI_INTENSITIES
-
 from .base import SiteData
 from .problems import DataError, Problem, Report, site_report
 from .samples import assemble_sites, quantize, resize
@@ -37,6 +35,11 @@ from .site_folders import Case, read_site_folders, select_sites
 from .splits import assign_split, check_fractions, load_split_file
 
 DOMAINS = ("TCIA", "CRC", "KIRC", "TNBC")
+IMAGE_SIZE = 256  # the paper's sample side
+CHANNELS = 3  # RGB
+# How images are scaled to [0, 1] (``load_nuclei``'s ``intensity``): per image from its
+# minimum to its maximum (the released code), or by the pixel type's maximum.
+NUCLEI_INTENSITIES = ("minmax", "dtype")
 _EXTENSIONS = (".png", ".tif", ".tiff")
 _LISTS = {"train": "train.txt", "test": "val.txt"}
 _SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
@@ -226,7 +229,7 @@ def check_nuclei(
 def load_nuclei(
     data_root: str | Path,
     sites: Sequence[str] | None = None,
-    image_size: int = 256,
+    image_size: int = IMAGE_SIZE,
     seed: int = 0,
     split: Sequence[float] = (0.8, 0.0, 0.2),
     augment: bool = True,
@@ -276,4 +279,4 @@ def load_nuclei(
         problems += split_problems
     if problems:
         raise DataError(problems)
-    return assemble_sites(read, splits, channels=3, size=image_size, augment=augment)
+    return assemble_sites(read, splits, channels=CHANNELS, size=image_size, augment=augment)

@@ -35,6 +35,8 @@ from .site_folders import Case, read_site_folders, select_sites
 from .splits import assign_split, check_fractions, load_split_file
 
 SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
+IMAGE_SIZE = 384  # the paper's sample side
+CHANNELS = 3  # an axial slice and its two neighbours
 # Some sources label the central gland and the peripheral zone apart; both are prostate.
 LABELS = (0, 1, 2)
 _MASK_SUFFIX = "_segmentation"
@@ -163,7 +165,7 @@ def check_prostate(
 def load_prostate(
     data_root: str | Path,
     sites: Sequence[str] | None = None,
-    image_size: int = 384,
+    image_size: int = IMAGE_SIZE,
     seed: int = 0,
     split: Sequence[float] = (0.64, 0.16, 0.20),
     augment: bool = True,
@@ -202,4 +204,4 @@ def load_prostate(
         problems += split_problems
     if problems:
         raise DataError(problems)
-    return assemble_sites(read, splits, channels=3, size=image_size, augment=augment)
+    return assemble_sites(read, splits, channels=CHANNELS, size=image_size, augment=augment)
