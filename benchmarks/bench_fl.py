@@ -24,7 +24,7 @@ def setup_fl_step(method: str):
     torch.manual_seed(0)
     config = RunConfig(method=method, init_features=FEATURES, dataset="synthetic-nuclei")
     config = config.resolved()
-    algorithm = build_algorithm(config, in_channels=3, num_classes=2)
+    algorithm = build_algorithm(config)
     model = algorithm.build_model()
     optimizer = make_optimizer(model, config)
     images = torch.rand(BATCH, 3, SIZE, SIZE)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .algorithms import METHODS, all_algorithms
 from .config import RunConfig
-from .data import DATASETS, NUCLEI_INTENSITIES
+from .data import DATA_SOURCES, NUCLEI_INTENSITIES, data_source, file_sources
 from .losses import DICE_LOSS_CLASSES
 
 EXIT_USAGE = 2
@@ -76,8 +76,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
     d = RunConfig()
     if method_arguments:
         p.add_argument("--method", choices=list(METHODS), default=d.method)
-    p.add_argument("--dataset", choices=list(DATASETS), default=d.dataset)
-    p.add_argument("--data-root", help="folder of a real data set (prostate, nuclei)")
+    p.add_argument("--dataset", choices=list(DATA_SOURCES), default=d.dataset)
+    p.add_argument("--data-root", help=f"folder of a real data set ({', '.join(file_sources())})")
     p.add_argument("--sites", type=_site_list, help="comma-separated site names (default: all)")
     p.add_argument("--split-file", help="a split.json of an earlier run, to reuse its split")
     p.add_argument("--rounds", type=_positive_int, default=d.rounds)
@@ -182,8 +182,8 @@ def _write_summary(config: RunConfig, out: Path, records: list[dict], baseline_d
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import REAL_DATASETS, load_sites
-    from .data.checks import write_split
+    from .data import load_sites
+    from .data.splits import write_split
     from .simulation import Simulation
 
     if args.resume:
@@ -202,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         simulation.resume()
         print(f"resuming {out} after round {simulation.completed_rounds}")
-    if config.dataset in REAL_DATASETS and not (out / "split.json").exists():
+    if data_source(config.dataset).reads_files and not (out / "split.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         write_split(sites, out / "split.json")
     records = simulation.run()
@@ -218,7 +218,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import load_file
 
-    from .algorithms import build_algorithm
     from .data import load_sites
     from .results import dice_table
     from .simulation import Simulation
@@ -234,7 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sites = load_sites(config)
     simulation = Simulation(config, sites, out_dir=None, progress=False)
     weights = load_file(str(checkpoint))
-    model = build_algorithm(config, sites[0].train[0][0].shape[0], 2).build_model()
+    model = simulation.algorithm.build_model()
     missing = sorted(set(model.state_dict()) ^ set(weights))
     if missing:
         raise ValueError(
@@ -256,8 +255,7 @@ def cmd_show_data(args: argparse.Namespace) -> int:
     config = RunConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed).resolved()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Prostate samples are three adjacent slices: show the centre one in gray.
-    gray_channel = 1 if "prostate" in config.dataset else None
+    gray_channel = data_source(config.dataset).gray_channel
     save_site_grid(load_sites(config), out, per_site=args.per_site, gray_channel=gray_channel)
     print(f"wrote {out}")
     return 0
@@ -345,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a saved global model")
     evaluate.add_argument("--checkpoint", required=True, help="model.safetensors of a run")
     evaluate.add_argument("--config", help="its config.json (default: beside the checkpoint)")
-    evaluate.add_argument("--dataset", choices=list(DATASETS), help="default: the run's")
+    evaluate.add_argument("--dataset", choices=list(DATA_SOURCES), help="default: the run's")
     evaluate.add_argument("--data-root")
     evaluate.add_argument(
         "--eval-batch-size", type=_positive_int, help="default: the run's (config.json)"
@@ -353,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     show = commands.add_parser("show-data", help="a PNG grid of example images per site")
-    show.add_argument("--dataset", choices=list(DATASETS), default="synthetic-nuclei")
+    show.add_argument("--dataset", choices=list(DATA_SOURCES), default="synthetic-nuclei")
     show.add_argument("--data-root")
     show.add_argument("--seed", type=int, default=0)
     show.add_argument("--per-site", type=_positive_int, default=4)
@@ -372,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     check = commands.add_parser("check-data", help="validate a real data folder")
-    check.add_argument("--dataset", choices=["prostate", "nuclei"], required=True)
+    check.add_argument("--dataset", choices=file_sources(), required=True)
     check.add_argument("--data-root", required=True)
     check.add_argument("--sites", type=_site_list)
     check.add_argument("--workers", type=int, default=0, help="processes decoding files")

@@ -28,7 +28,7 @@ import matplotlib
 import numpy as np
 from tqdm.auto import tqdm
 
-from .algorithms import METHODS, algorithm_class
+from .algorithms import METHODS, algorithm_class, build_algorithm
 from .config import RunConfig
 from .results import (
     BEST_ROUND_CAPTION,
@@ -68,7 +68,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
         else:
             raise ValueError(f"cannot read {change!r} in method spec {spec!r}: use no-X or X=V")
     try:  # the algorithm's own checks: option names (Algorithm) and ranges (check_option)
-        cls(RunConfig(method=name, method_options=values).resolved(), 3, 2)
+        build_algorithm(RunConfig(method=name, method_options=values).resolved())
     except ValueError as error:
         raise ValueError(f"in {spec!r}: {error}") from None
     return name, args

@@ -1,4 +1,4 @@
-"""Run configuration: one dataclass, per-dataset defaults, JSON round trip."""
+"""Run configuration: one dataclass, the data source's defaults filled in, JSON round trip."""
 
 from __future__ import annotations
 
@@ -7,45 +7,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.sources import data_source
+
 CONFIG_VERSION = 1
-
-# Paper section 4.1: SGD 0.01 for nuclei, Adam 1e-4 for prostate, weight decay 1e-4,
-# batch 6; τ = 0.005 (nuclei) and 0.4 (prostate) are the paper's best (section 4.2).
-# The released code's SGD has no momentum (nuclei: 0); elsewhere SGD, when chosen, gets 0.9.
-# The synthetic sets train for few rounds on a CPU, so they use Adam 1e-3 for every method.
-DATASET_DEFAULTS = {
-    "synthetic-nuclei": {"optimizer": "adam", "lr": 1e-3, "tau": 0.005},
-    "synthetic-prostate": {"optimizer": "adam", "lr": 1e-3, "tau": 0.4},
-    "nuclei": {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.0, "tau": 0.005, "image_size": 256},
-    "prostate": {"optimizer": "adam", "lr": 1e-4, "tau": 0.4, "image_size": 384},
-}
-
-
-FALLBACK_DEFAULTS = {
-    "optimizer": "adam",
-    "lr": 1e-3,
-    "momentum": 0.9,
-    "tau": 0.1,
-    "image_size": 64,
-}
 
 # Settings added to follow the released code (docs/fidelity.md). A config.json without
 # them was written before they existed: it loads with the values its run was trained and
 # evaluated with, so ``--resume`` and ``fedbcs eval`` reproduce that run.
 BEFORE_FIDELITY = {"dice_loss_classes": "foreground", "nuclei_intensity": "dtype"}
 BEFORE_FIDELITY_METHOD_OPTIONS = {"fedbcs": {"contrast": "exact"}}
-
-
-def dataset_default(dataset: str, name: str):
-    """The default of ``name`` (optimizer, lr, momentum, tau, image_size) for ``dataset``."""
-    return DATASET_DEFAULTS.get(dataset, {}).get(name, FALLBACK_DEFAULTS[name])
-
-
-def synthetic_version(dataset: str) -> int | None:
-    """The version of the generator behind a synthetic ``dataset`` (None for real data)."""
-    from .data.synthetic import SYNTHETIC_SITES, SYNTHETIC_VERSION
-
-    return SYNTHETIC_VERSION[dataset] if dataset in SYNTHETIC_SITES else None
 
 
 @dataclass
@@ -89,13 +59,15 @@ class RunConfig:
     version: int = CONFIG_VERSION
 
     def resolved(self) -> RunConfig:
-        """A copy with the dataset's defaults filled in where a field is None."""
+        """A copy with the data source's defaults (:class:`~fedbcs_fl.data.RunDefaults`)
+        filled in where a field is None; ``ValueError`` for an unknown dataset."""
+        source = data_source(self.dataset)
         out = dataclasses.replace(self, method_options=dict(self.method_options))
         for name in ("optimizer", "lr", "momentum", "image_size"):
             if getattr(out, name) is None:
-                setattr(out, name, dataset_default(self.dataset, name))
+                setattr(out, name, getattr(source.defaults, name))
         if out.data_version is None:
-            out.data_version = synthetic_version(self.dataset)
+            out.data_version = source.version
         return out
 
     def to_json(self) -> str:
@@ -114,7 +86,7 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source} has unknown fields: {', '.join(unknown)}")
-        if "data_version" not in data and synthetic_version(data.get("dataset", cls.dataset)):
+        if "data_version" not in data and data_source(data.get("dataset", cls.dataset)).version:
             data = {**data, "data_version": 1}  # written before the generators had versions
         if not set(BEFORE_FIDELITY) & set(data):
             data = cls._before_fidelity(data)

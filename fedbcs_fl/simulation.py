@@ -63,12 +63,6 @@ def reply_fields(algorithm: Algorithm, replies: list[tuple[str, ClientUpdate]]) 
     }
 
 
-def sample_shape(site: SiteData) -> tuple[int, int]:
-    """(in_channels, image size) of a site's first training example."""
-    image, _ = site.train[0]
-    return image.shape[0], image.shape[-1]
-
-
 @dataclass
 class ClientRuntime:
     """A client's persistent objects: its model copy, optimiser, loader and state."""
@@ -134,8 +128,7 @@ class Simulation:
         self.on_round = on_round
         self.device = torch.device(self.config.device)
         torch.manual_seed(self.config.seed)  # model initialisation
-        in_channels, _ = sample_shape(sites[0])
-        self.algorithm: Algorithm = build_algorithm(self.config, in_channels, num_classes=2)
+        self.algorithm: Algorithm = build_algorithm(self.config)
         self.global_model = self.algorithm.build_model().to(self.device)
         self.global_weights = model_weights(self.global_model)
         self.global_payload: dict[str, torch.Tensor] = {}

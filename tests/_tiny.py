@@ -65,8 +65,17 @@ def tiny_sites(num_sites: int | None = None, **fields):
 
 
 def tiny_algorithm(method: str, **options):
-    """``method`` built for the tiny run (3 channels, 2 classes) with method ``options``."""
-    return build_algorithm(tiny_config(method, method_options=options), 3, 2)
+    """``method`` built for the tiny run (its data set's channels and classes) with method
+    ``options``."""
+    return build_algorithm(tiny_config(method, method_options=options))
+
+
+def first_conv_and_head(weights: dict) -> tuple[int, int]:
+    """(input channels of the first convolution, classes of the segmentation head) of a
+    UNet's weights, alone or inside a method's model (e.g. FedBCS's ``backbone.``)."""
+    (first,) = [w for k, w in weights.items() if k.endswith("encoder.stages.0.0.weight")]
+    (head,) = [w for k, w in weights.items() if k.endswith("segmentation_head.weight")]
+    return first.shape[1], head.shape[0]
 
 
 def context(payload=None, state=None) -> LocalContext:

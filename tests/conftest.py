@@ -24,6 +24,32 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
+def three_class_source(monkeypatch):
+    """A data source registered for one test: ``three-class-gray``, two sites of
+    one-channel images whose masks hold three classes (every shipped source has three
+    channels and two classes, so a model built with either hard-coded shows)."""
+    from torch.utils.data import TensorDataset
+
+    from fedbcs_fl.data import DATA_SOURCES, DataSource, SiteData
+
+    sites = ("north", "south")
+
+    def load(config, workers):
+        generator = torch.Generator().manual_seed(config.seed)
+        size = config.image_size
+
+        def split(n: int) -> TensorDataset:
+            images = torch.rand(n, 1, size, size, generator=generator)
+            return TensorDataset(images, torch.randint(0, 3, (n, size, size), generator=generator))
+
+        return [SiteData(name, split(config.n_train), split(config.n_test)) for name in sites]
+
+    source = DataSource("three-class-gray", sites, num_classes=3, in_channels=1, load=load)
+    monkeypatch.setitem(DATA_SOURCES, source.name, source)
+    return source
+
+
+@pytest.fixture
 def eval_batch_sizes(monkeypatch) -> list[int]:
     """The batch size of every ``fedbcs_fl.client.evaluate_split`` call, in call order."""
     from fedbcs_fl import client

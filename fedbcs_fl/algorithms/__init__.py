@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ..config import RunConfig
+from ..data.sources import data_source
 from .base import Algorithm, ClientUpdate, LocalContext
 
 # method name → (module in this package, class name), in the order of paper Table 1.
@@ -37,8 +38,11 @@ def all_algorithms() -> dict[str, type[Algorithm]]:
     return {name: algorithm_class(name) for name in METHODS}
 
 
-def build_algorithm(config: RunConfig, in_channels: int, num_classes: int) -> Algorithm:
-    return algorithm_class(config.method)(config, in_channels, num_classes)
+def build_algorithm(config: RunConfig) -> Algorithm:
+    """``config.method`` for a model with the input channels and classes of
+    ``config.dataset``, as its :class:`~fedbcs_fl.data.DataSource` declares them."""
+    source = data_source(config.dataset)
+    return algorithm_class(config.method)(config, source.in_channels, source.num_classes)
 
 
 __all__ = [

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..aggregation import weighted_average
-from ..config import RunConfig, dataset_default
+from ..config import RunConfig
+from ..data.sources import data_source
 from ..losses import check_dice_loss_classes, segmentation_loss
 
 # What each method option may be, by name: a name means the same thing in every method
@@ -149,7 +150,7 @@ class Algorithm:
                 self.opt[key] = value
         for key, value in self.opt.items():
             if value is None:
-                self.opt[key] = dataset_default(config.dataset, key)
+                self.opt[key] = getattr(data_source(config.dataset).defaults, key)
             check_option(key, self.opt[key])
         check_dice_loss_classes(config.dice_loss_classes)
 

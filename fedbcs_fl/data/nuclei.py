@@ -21,7 +21,6 @@ loaded.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,37 +28,21 @@ import tifffile
 import torch
 from PIL import Image
 
-from fedbcs_fl.data import NUCLEI_INTENSITIES
-from fedbcs_fl.data.base import SiteData
-from fedbcs_fl.data.checks import (
-    DataError,
-    Problem,
-    Report,
-    assemble_sites,
-    assign_split,
-    check_fractions,
-    load_split_file,
-    map_jobs,
-    quantize,
-    resize,
-    select_sites,
-    site_report,
-)
+from .base import SiteData
+from .problems import DataError, Problem, Report, site_report
+from .samples import assemble_sites, quantize, resize
+from .site_folders import Case, read_site_folders, select_sites
+from .splits import assign_split, check_fractions, load_split_file
 
 DOMAINS = ("TCIA", "CRC", "KIRC", "TNBC")
+IMAGE_SIZE = 256  # the paper's sample side
+CHANNELS = 3  # RGB
+# How images are scaled to [0, 1] (``load_nuclei``'s ``intensity``): per image from its
+# minimum to its maximum (the released code), or by the pixel type's maximum.
+NUCLEI_INTENSITIES = ("minmax", "dtype")
 _EXTENSIONS = (".png", ".tif", ".tiff")
 _LISTS = {"train": "train.txt", "test": "val.txt"}
 _SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
-
-
-@dataclass
-class _Item:
-    """What reading one image and its mask gives: problems, or foreground and sample."""
-
-    problems: list[Problem] = field(default_factory=list)
-    foreground: np.ndarray | None = None  # bool [H, W], native resolution
-    image: torch.Tensor | None = None  # uint8 [1, 3, S, S]
-    mask: torch.Tensor | None = None  # uint8 [1, S, S]
 
 
 def _files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
@@ -181,7 +164,7 @@ def scale_intensity(image: torch.Tensor, intensity: str) -> torch.Tensor:
     return (image - low) / (high - low) if high > low else torch.zeros_like(image)
 
 
-def _read_item(job: tuple[Path, Path, int | None, str]) -> _Item:
+def _read_item(job: tuple[Path, Path, int | None, str]) -> Case:
     """Read and check one image and mask; with an image size, also build the sample."""
     image_path, mask_path, image_size, intensity = job
     problems = []
@@ -193,21 +176,21 @@ def _read_item(job: tuple[Path, Path, int | None, str]) -> _Item:
         except Exception as exc:
             problems.append(Problem(path, f"cannot read image ({type(exc).__name__}: {exc})"))
     if problems:
-        return _Item(problems)
+        return Case(problems)
     image, problems = _as_rgb(arrays[True], image_path)
     labels, mask_problems = _as_labels(arrays[False], mask_path)
     problems += mask_problems
     if problems:
-        return _Item(problems)
+        return Case(problems)
     if labels.shape != image.shape[-2:]:
         message = f"mask size {labels.shape} does not match image size {tuple(image.shape[-2:])}"
-        return _Item([Problem(mask_path, f"{message} ({image_path.name})")])
+        return Case([Problem(mask_path, f"{message} ({image_path.name})")])
     foreground = labels > 0
     if image_size is None:
-        return _Item(foreground=foreground)
+        return Case(foreground=foreground)
     image, mask = resize(image, torch.from_numpy(foreground[None].astype(np.uint8)), image_size)
     image = scale_intensity(image, intensity)
-    return _Item(foreground=foreground, image=quantize(image), mask=mask)
+    return Case(foreground=foreground, images=quantize(image), masks=mask)
 
 
 def _read_domains(
@@ -216,22 +199,15 @@ def _read_domains(
     image_size: int | None,
     workers: int,
     intensity: str = "minmax",
-) -> tuple[dict[str, dict[str, _Item]], dict[str, dict | None], list[Problem]]:
+) -> tuple[dict[str, dict[str, Case]], dict[str, dict | None], list[Problem]]:
     """Every item of every domain read, each domain's lists, and the problems found."""
-    if not data_root.is_dir():
-        return {}, {}, [Problem(data_root, "data root is not a folder")]
-    problems = []
-    found, lists = {}, {}
-    for domain in domains:
-        found[domain], domain_problems = find_items(data_root / domain)
-        lists[domain], list_problems = read_lists(data_root / domain, list(found[domain]))
-        problems += domain_problems + list_problems
-    jobs = [
-        (img, msk, image_size, intensity) for items in found.values() for img, msk in items.values()
-    ]
-    results = iter(map_jobs(_read_item, jobs, workers))
-    read = {domain: {stem: next(results) for stem in items} for domain, items in found.items()}
-    problems += [p for items in read.values() for item in items.values() for p in item.problems]
+    read, problems = read_site_folders(
+        data_root, domains, find_items, _read_item, (image_size, intensity), workers
+    )
+    lists = {}
+    for domain, items in read.items():
+        lists[domain], list_problems = read_lists(data_root / domain, list(items))
+        problems += list_problems
     return read, lists, problems
 
 
@@ -253,7 +229,7 @@ def check_nuclei(
 def load_nuclei(
     data_root: str | Path,
     sites: Sequence[str] | None = None,
-    image_size: int = 256,
+    image_size: int = IMAGE_SIZE,
     seed: int = 0,
     split: Sequence[float] = (0.8, 0.0, 0.2),
     augment: bool = True,
@@ -303,8 +279,4 @@ def load_nuclei(
         problems += split_problems
     if problems:
         raise DataError(problems)
-    samples = {
-        domain: {stem: (item.image, item.mask) for stem, item in items.items()}
-        for domain, items in read.items()
-    }
-    return assemble_sites(samples, splits, channels=3, size=image_size, augment=augment)
+    return assemble_sites(read, splits, channels=CHANNELS, size=image_size, augment=augment)

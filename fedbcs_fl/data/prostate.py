@@ -22,44 +22,25 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from fedbcs_fl.data.base import SiteData
-from fedbcs_fl.data.checks import (
-    DataError,
-    Problem,
-    Report,
-    assemble_sites,
-    assign_split,
-    check_fractions,
-    load_split_file,
-    map_jobs,
-    quantize,
-    resize,
-    select_sites,
-    site_report,
-)
+from .base import SiteData
+from .problems import DataError, Problem, Report, site_report
+from .samples import assemble_sites, quantize, resize
+from .site_folders import Case, read_site_folders, select_sites
+from .splits import assign_split, check_fractions, load_split_file
 
 SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
+IMAGE_SIZE = 384  # the paper's sample side
+CHANNELS = 3  # an axial slice and its two neighbours
 # Some sources label the central gland and the peripheral zone apart; both are prostate.
 LABELS = (0, 1, 2)
 _MASK_SUFFIX = "_segmentation"
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-@dataclass
-class _Case:
-    """What reading one case gives: its problems, or its foreground and its samples."""
-
-    problems: list[Problem] = field(default_factory=list)
-    foreground: np.ndarray | None = None  # bool [slices, H, W], native resolution
-    images: torch.Tensor | None = None  # uint8 [N, 3, S, S]
-    masks: torch.Tensor | None = None  # uint8 [N, S, S]
 
 
 def find_cases(site_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Problem]]:
@@ -126,17 +107,17 @@ def _mask_problems(mask: np.ndarray, path: Path) -> list[Problem]:
     return []
 
 
-def _read_case(job: tuple[Path, Path, int | None]) -> _Case:
+def _read_case(job: tuple[Path, Path, int | None]) -> Case:
     """Read and check one case; with an image size, also build its samples at that size."""
     image_path, mask_path, image_size = job
     image, problems = _read_volume(image_path)
     mask, mask_problems = _read_volume(mask_path)
     problems += mask_problems
     if problems:
-        return _Case(problems)
+        return Case(problems)
     if mask.shape != image.shape:
         message = f"mask shape {mask.shape} does not match image shape {image.shape}"
-        return _Case([Problem(mask_path, f"{message} ({image_path.name})")])
+        return Case([Problem(mask_path, f"{message} ({image_path.name})")])
     problems = _mask_problems(mask, mask_path)
     image = image.astype(np.float32)
     low, high = image.min(), np.percentile(image, 99)
@@ -147,11 +128,11 @@ def _read_case(job: tuple[Path, Path, int | None]) -> _Case:
             Problem(image_path, "99th-percentile intensity equals the minimum; cannot scale")
         )
     if problems:
-        return _Case(problems)
+        return Case(problems)
     # nibabel gives [x, y, z]; the authors (SimpleITK) slice [z, y, x], so do the same.
     foreground = mask.transpose(2, 1, 0) > 0
     if image_size is None:
-        return _Case(foreground=foreground)
+        return Case(foreground=foreground)
     image = (np.clip(image.transpose(2, 1, 0), None, high) - low) / (high - low)
     centre = np.flatnonzero(foreground.any(axis=(1, 2)))
     last = image.shape[0] - 1
@@ -162,25 +143,7 @@ def _read_case(job: tuple[Path, Path, int | None]) -> _Case:
     images, masks = resize(
         torch.from_numpy(stacked), torch.from_numpy(foreground[centre].astype(np.uint8)), image_size
     )
-    return _Case(foreground=foreground, images=quantize(images), masks=masks)
-
-
-def _read_sites(
-    data_root: Path, sites: Sequence[str], image_size: int | None, workers: int
-) -> tuple[dict[str, dict[str, _Case]], list[Problem]]:
-    """Every case of every site read (in ``workers`` processes), and the problems found."""
-    if not data_root.is_dir():
-        return {}, [Problem(data_root, "data root is not a folder")]
-    problems = []
-    found = {}
-    for site in sites:
-        found[site], site_problems = find_cases(data_root / site)
-        problems += site_problems
-    jobs = [(img, msk, image_size) for cases in found.values() for img, msk in cases.values()]
-    results = iter(map_jobs(_read_case, jobs, workers))
-    read = {site: {case: next(results) for case in cases} for site, cases in found.items()}
-    problems += [p for cases in read.values() for case in cases.values() for p in case.problems]
-    return read, problems
+    return Case(foreground=foreground, images=quantize(images), masks=masks)
 
 
 def check_prostate(
@@ -194,14 +157,15 @@ def check_prostate(
         workers: processes decoding volumes in parallel (default 0: in this process).
     """
     data_root = Path(data_root)
-    read, problems = _read_sites(data_root, select_sites(sites, SITES), None, workers)
+    names = select_sites(sites, SITES)
+    read, problems = read_site_folders(data_root, names, find_cases, _read_case, (None,), workers)
     return site_report("prostate", data_root, read, problems, unit="slices")
 
 
 def load_prostate(
     data_root: str | Path,
     sites: Sequence[str] | None = None,
-    image_size: int = 384,
+    image_size: int = IMAGE_SIZE,
     seed: int = 0,
     split: Sequence[float] = (0.64, 0.16, 0.20),
     augment: bool = True,
@@ -230,7 +194,9 @@ def load_prostate(
     check_fractions(split)
     names = select_sites(sites, SITES)
     given = load_split_file(split_file)
-    read, problems = _read_sites(Path(data_root), names, image_size, workers)
+    read, problems = read_site_folders(
+        Path(data_root), names, find_cases, _read_case, (image_size,), workers
+    )
     splits = {}
     for site, cases in read.items():
         where = Path(data_root) / site
@@ -238,8 +204,4 @@ def load_prostate(
         problems += split_problems
     if problems:
         raise DataError(problems)
-    samples = {
-        site: {name: (case.images, case.masks) for name, case in cases.items()}
-        for site, cases in read.items()
-    }
-    return assemble_sites(samples, splits, channels=3, size=image_size, augment=augment)
+    return assemble_sites(read, splits, channels=CHANNELS, size=image_size, augment=augment)

@@ -51,13 +51,7 @@ class InjectedFault(RuntimeError):
 def _setup(message: Message, context: Context) -> tuple[RunConfig, SiteData, int, Algorithm]:
     config = from_run_config(context.run_config, context.node_config)
     site, partition_id = node_site(config, context.node_config)
-    in_channels = int(engine_setting(context.run_config, "in-channels"))
-    if site.train[0][0].shape[0] != in_channels:
-        raise ValueError(
-            f"site {site.name} has {site.train[0][0].shape[0]} channels; the run's "
-            f"in-channels is {in_channels}"
-        )
-    return config, site, partition_id, build_algorithm(config, in_channels, num_classes=2)
+    return config, site, partition_id, build_algorithm(config)
 
 
 def _global_model(algorithm: Algorithm, message: Message, device):

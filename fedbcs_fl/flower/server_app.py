@@ -75,8 +75,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
     (out / "config.json").write_text(config.to_json())
 
     torch.manual_seed(config.seed)  # the simulator's model initialisation
-    in_channels = int(engine_setting(run_config, "in-channels"))
-    algorithm = build_algorithm(config, in_channels, num_classes=2)
+    algorithm = build_algorithm(config)
     initial = model_weights(algorithm.build_model())
 
     records: list[dict] = []

@@ -51,7 +51,6 @@ ZERO_MEANS_NONE = ("clients_per_round", "image_size", "lr")
 NODE_FIELDS = ("data_root", "split_file")
 # Flower-side settings of a run, beside the RunConfig fields (defaults in pyproject.toml).
 ENGINE_DEFAULTS: dict[str, Any] = {
-    "in-channels": 3,
     "min-nodes": 2,
     "round-timeout": 3600.0,
     "fail-partition": -1,
@@ -139,7 +138,7 @@ def from_run_config(
 
 
 def engine_setting(run_config: Mapping[str, Any], name: str) -> Any:
-    """An engine setting of the run (``in-channels``, ``min-nodes``, ...), or its default."""
+    """An engine setting of the run (``min-nodes``, ``out-dir``, ...), or its default."""
     return run_config.get(name, ENGINE_DEFAULTS[name])
 
 

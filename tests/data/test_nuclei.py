@@ -11,8 +11,9 @@ import torch
 
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
-from fedbcs_fl.data.checks import DataError, split_of, write_split
 from fedbcs_fl.data.nuclei import check_nuclei, load_nuclei
+from fedbcs_fl.data.problems import DataError
+from fedbcs_fl.data.splits import split_of, write_split
 from tests.data.conftest import nuclei_pair, write_nuclei_item, write_picture
 
 

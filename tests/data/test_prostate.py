@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fedbcs_fl.data.checks import DataError, SegmentationSamples, split_of, write_split
+from fedbcs_fl.data.problems import DataError
 from fedbcs_fl.data.prostate import check_prostate, load_prostate
+from fedbcs_fl.data.samples import SegmentationSamples
+from fedbcs_fl.data.splits import split_of, write_split
 from tests.data.conftest import (
     FOREGROUND_SLICES,
     MASK_X,

@@ -113,10 +113,10 @@ def test_fidelity_settings_reach_the_run_and_compare_passes_them_on():
     parse = build_parser().parse_args
     defaults = config_from_args(parse(["train"]))
     assert _fidelity_settings(defaults) == ("all", 16, "minmax", 0.9)
-    assert build_algorithm(defaults, 3, 2).opt["contrast"] == "released"
+    assert build_algorithm(defaults).opt["contrast"] == "released"
     config = config_from_args(parse(["train", "--contrast", "exact", *FIDELITY_FLAGS]))
     assert _fidelity_settings(config) == ("foreground", 4, "dtype", 0.0)
-    assert build_algorithm(config, 3, 2).opt["contrast"] == "exact"
+    assert build_algorithm(config).opt["contrast"] == "exact"
     # compare hands its options to every run's ``fedbcs train``.
     passed = _common_argv(parse(["compare", "--out", "cmp", *FIDELITY_FLAGS]))
     assert _fidelity_settings(config_from_args(parse(["train", *passed]))) == (

@@ -147,7 +147,7 @@ def test_soft_dice_over_all_classes_or_foreground_by_hand():
     # A run with another value stops when its algorithm is built, before any data is read.
     config = RunConfig(method="fedavg", dice_loss_classes="background").resolved()
     with pytest.raises(ValueError, match="dice_loss_classes must be one of all, foreground"):
-        build_algorithm(config, in_channels=3, num_classes=2)
+        build_algorithm(config)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -161,7 +161,7 @@ def test_every_method_trains_on_the_runs_dice_classes(method):
     model = None
     for classes in ("all", "foreground"):
         config = tiny_config(method, dice_loss_classes=classes)
-        algorithm = build_algorithm(config, in_channels=3, num_classes=2)
+        algorithm = build_algorithm(config)
         model = model or algorithm.build_model()
         copied = copy.deepcopy(model)
         ctx = LocalContext(global_payload={}, state={}, device=torch.device("cpu"))

@@ -42,4 +42,4 @@ def test_interval_ends(name, good, bad):
 def test_bad_option_stops_the_build():
     config = RunConfig(method="moon", method_options={"tau": -0.5}).resolved()
     with pytest.raises(ValueError, match=r"tau must be in \(0, inf\); got -0.5"):
-        build_algorithm(config, in_channels=3, num_classes=2)
+        build_algorithm(config)

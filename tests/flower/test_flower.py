@@ -23,9 +23,16 @@ from safetensors.torch import load_file
 from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
-from fedbcs_fl.flower import client_app
+from fedbcs_fl.flower import client_app, server_app
 from fedbcs_fl.flower.local import alive
-from fedbcs_fl.flower.records import restore, store
+from fedbcs_fl.flower.records import (
+    CONFIG_KEY,
+    PAYLOAD_KEY,
+    SITE_KEY,
+    WEIGHTS_KEY,
+    restore,
+    store,
+)
 from fedbcs_fl.flower.settings import (
     ENGINE_DEFAULTS,
     FLAT_FIELDS,
@@ -35,8 +42,9 @@ from fedbcs_fl.flower.settings import (
 )
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
 from fedbcs_fl.simulation import Simulation
+from fedbcs_models import UNet
 
-from .._tiny import tiny_argv, tiny_config
+from .._tiny import first_conv_and_head, tiny_argv, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,7 +132,7 @@ def _flower_task_identity(monkeypatch):
 def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch, eval_batch_sizes):
     _flower_task_identity(monkeypatch)
     config = tiny_config("fedavg", eval_batch_size=2)
-    model = build_algorithm(config, 3, 2).build_model()
+    model = build_algorithm(config).build_model()
     weights = ArrayRecord(torch_state_dict=model.state_dict())
     message = Message(RecordDict({"arrays": weights}), dst_node_id=1, message_type="evaluate")
     context = Context(
@@ -142,7 +150,7 @@ def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch, eval_
 def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
     _flower_task_identity(monkeypatch)
     config = tiny_config("fedbcs")
-    strategy = AlgorithmStrategy(build_algorithm(config, 3, 2), config, on_round=print)
+    strategy = AlgorithmStrategy(build_algorithm(config), config, on_round=print)
     content = RecordDict({"config": ConfigRecord()})
     instruction = Message(content, dst_node_id=9, message_type="train")
     failed = Message(Error(code=0, reason="boom"), reply_to=instruction)
@@ -150,6 +158,47 @@ def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
     arrays, metrics = strategy.aggregate_train(1, [failed])
     assert torch.equal(arrays.to_torch_state_dict()["w"], torch.ones(3)) and metrics is None
     assert strategy.record["aggregated"] == [] and "boom" in str(strategy.record["faults"])
+
+
+def test_the_server_app_sends_the_model_its_source_declares(
+    three_class_source, monkeypatch, tmp_path
+):
+    class Sent(Exception):
+        """Stops the server once it has the initial model."""
+
+    def start(strategy, grid, initial_arrays, **settings):
+        raise Sent(first_conv_and_head(initial_arrays.to_torch_state_dict()))
+
+    monkeypatch.setattr(AlgorithmStrategy, "start", start)
+    config = tiny_config("fedbcs", dataset=three_class_source.name)
+    with pytest.raises(Sent) as sent:
+        server_app.run_server(None, to_run_config(config, out_dir=str(tmp_path)))
+    assert sent.value.args[0] == (1, 3)
+
+
+def test_the_client_app_trains_the_model_its_source_declares(three_class_source, monkeypatch):
+    _flower_task_identity(monkeypatch)
+    config = tiny_config("fedavg", dataset=three_class_source.name)
+    model = UNet(in_channels=1, classes=3, init_features=config.init_features)
+    content = RecordDict(
+        {
+            WEIGHTS_KEY: ArrayRecord(torch_state_dict=model.state_dict()),
+            PAYLOAD_KEY: ArrayRecord(),
+            CONFIG_KEY: ConfigRecord(),
+        }
+    )
+    message = Message(content, dst_node_id=1, message_type="train")
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 1},
+        state=RecordDict(),
+        run_config=to_run_config(config),
+    )
+    reply = client_app.train(message, context)  # loads the weights into the model it built
+    weights = reply.content.array_records[WEIGHTS_KEY].to_torch_state_dict()
+    assert first_conv_and_head(weights) == (1, 3)
+    assert reply.content.config_records[SITE_KEY]["name"] == "south"
 
 
 # ---- real deployments ----------------------------------------------------------------------
