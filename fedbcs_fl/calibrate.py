@@ -46,10 +46,11 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
 from .client import evaluate_site
-from .compare import table1
 from .config import RunConfig
 from .data import load_sites
 from .data.base import SiteData
+from .results import png_bytes, table1
+from .run_folder import atomic_write_bytes, atomic_write_text
 from .simulation import Simulation
 
 SCHEDULE = (
@@ -408,9 +409,10 @@ class Calibration:
         return "\n".join(lines) + "\n"
 
 
-def plot_calibration(calibration: Calibration, path: str | Path) -> None:
+def plot_calibration(calibration: Calibration) -> bytes:
     """The transfer matrix as an annotated heatmap, and per-site Dice of the site-local
-    model on its own site, FedAvg and the pooled model (mean over seeds, ± std bars)."""
+    model on its own site, FedAvg and the pooled model (mean over seeds, ± std bars), as
+    PNG bytes."""
     figures, sites = calibration.figures, calibration.sites
     n = len(sites)
     fig, (heat, bars) = plt.subplots(1, 2, figsize=(5 + 1.6 * n, 0.7 * n + 3.2), dpi=120)
@@ -440,17 +442,16 @@ def plot_calibration(calibration: Calibration, path: str | Path) -> None:
     bars.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(f"{calibration.config.dataset}, {len(calibration.seeds)} seed(s)")
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    return png_bytes(fig)
 
 
 def write_reports(calibration: Calibration, out: str | Path) -> None:
     """``calibration.json``, ``calibration.md`` and ``calibration.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(calibration.to_json(), encoding="utf-8")
-    (out / "calibration.md").write_text(calibration.markdown(), encoding="utf-8")
-    plot_calibration(calibration, out / "calibration.png")
+    atomic_write_text(out / "calibration.json", calibration.to_json())
+    atomic_write_text(out / "calibration.md", calibration.markdown())
+    atomic_write_bytes(out / "calibration.png", plot_calibration(calibration))
 
 
 def calibrate(

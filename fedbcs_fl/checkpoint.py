@@ -1,21 +1,20 @@
-"""Crash-safe files: atomic writes, and the checkpoint a killed run resumes from.
+"""The checkpoint a killed run resumes from.
 
-Every file that matters is written to a temporary file in the same folder, flushed,
-fsynced and renamed over the old one (then the folder is fsynced), so a crash at any
-point leaves either the old file or the new one, never half of one. Checkpoints are
-loaded with ``torch.load(weights_only=True)``: no pickled code runs.
+A checkpoint is written atomically (:func:`fedbcs_fl.run_folder.atomic_write_bytes`), so a
+crash at any point leaves the old one or the new one, and loaded with
+``torch.load(weights_only=True)``: no pickled code runs.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
+
+from .run_folder import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -24,37 +23,6 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOADABLE_SCALARS = (bool, int, float, str, type(None))
 LOADABLE_SEQUENCES = (list, tuple)
 LOADABLE_MAPPINGS = (dict, OrderedDict)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, before_rename=None) -> None:
-    """Write ``data`` to ``path`` atomically. ``before_rename`` is a test hook."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def save_model(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, str]):
-    """The global model as safetensors, atomically."""
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in weights.items()}, metadata))
 
 
 def unloadable_entry(value: Any, path: str) -> str | None:

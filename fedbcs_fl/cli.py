@@ -158,41 +158,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(**values, method_options=options).resolved()
 
 
-def _default_out(config: RunConfig) -> Path:
-    return Path("runs") / f"{config.method}-{config.dataset}-seed{config.seed}"
-
-
-def _write_summary(config: RunConfig, out: Path, records: list[dict], baseline_dir) -> str:
-    from .results import plot_dice, read_metrics, write_summary
-
-    runs = [(config.method, records)]
-    baseline = None
-    if baseline_dir:
-        base_config = RunConfig.load(Path(baseline_dir) / "config.json")
-        baseline = base_config.method + " (baseline)"
-        runs.insert(0, (baseline, read_metrics(baseline_dir)))
-    title = f"{config.method} on {config.dataset}"
-    setting = (
-        f"{config.rounds} rounds, seed {config.seed}. Foreground Dice (%) of the global model "
-        "on each site's test split."
-    )
-    tables = write_summary(out / "summary.md", title, setting, runs, baseline)
-    plot_dice(records, out / "dice.png", title=title)
-    return tables
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import load_sites
     from .data.splits import write_split
+    from .run_folder import default_run_dir, holds_run, read_config, write_run_summary
     from .simulation import Simulation
 
     if args.resume:
         out = Path(args.resume)
-        config = RunConfig.load(out / "config.json")
+        config = read_config(out)
     else:
         config = config_from_args(args)
-        out = Path(args.out) if args.out else _default_out(config)
-        if (out / "metrics.jsonl").exists():
+        out = Path(args.out) if args.out else default_run_dir(config)
+        if holds_run(out):
             raise ValueError(
                 f"{out} already holds a run; continue it with --resume {out}, "
                 "or choose another --out"
@@ -206,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         write_split(sites, out / "split.json")
     records = simulation.run()
-    print(_write_summary(config, out, records, args.baseline))
+    print(write_run_summary(out, config, records, args.baseline))
     faults = simulation.fault_summary()
     if faults:
         print("faults and rejected updates:\n" + faults)
@@ -219,11 +197,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file
 
     from .data import load_sites
-    from .results import dice_table
+    from .results import table1
+    from .run_folder import CONFIG_FILE
     from .simulation import Simulation
 
     checkpoint = Path(args.checkpoint)
-    config_path = Path(args.config) if args.config else checkpoint.parent / "config.json"
+    config_path = Path(args.config) if args.config else checkpoint.parent / CONFIG_FILE
     config = RunConfig.load(config_path)
     if args.dataset:
         config = dataclasses.replace(config, dataset=args.dataset, data_root=args.data_root)
@@ -242,7 +221,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model.load_state_dict(weights)
     with torch.no_grad():
         results = simulation.evaluate(model.to(simulation.device))
-    print(dice_table([(config.method, {s: m["dice"] for s, m in results.items()})]))
+    dice = {site: m["dice"] for site, m in results.items()}
+    print(table1({config.method: [[{"dice": dice}]]}, list(dice), baseline=None, spread=False))
     for site, m in results.items():
         print(f"{site}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f}  ASSD {m['assd']:.2f}")
     return 0
@@ -311,9 +291,10 @@ def cmd_calibrate_data(args: argparse.Namespace) -> int:
 
 def cmd_flower_local(args: argparse.Namespace) -> int:
     from .flower.local import run_local
+    from .run_folder import SUMMARY_FILE, default_run_dir
 
     config = config_from_args(args)
-    out = Path(args.out) if args.out else Path("runs") / f"flower-{_default_out(config).name}"
+    out = Path(args.out) if args.out else default_run_dir(config, flower=True)
     report = run_local(config, args.clients, out, args.fail_partition, args.timeout)
     if not report["ok"]:
         print(
@@ -322,7 +303,7 @@ def cmd_flower_local(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print((out / "summary.md").read_text())
+    print((out / SUMMARY_FILE).read_text())
     print(f"run {report['run_id']} {report['status']}; results in {out}/")
     return 0
 

@@ -34,9 +34,16 @@ from .results import (
     BEST_ROUND_CAPTION,
     FINAL_ROUND_CAPTION,
     best_round,
-    final_round,
+    dice_matrix,
     line_plot,
-    read_metrics,
+    table1,
+)
+from .run_folder import (
+    atomic_write_bytes,
+    atomic_write_text,
+    is_finished,
+    read_config,
+    read_records,
 )
 
 ABLATION = {
@@ -118,7 +125,7 @@ def check_finished(folder: Path, spec: str, seed: int, common: list[str]) -> Non
     from .cli import build_parser, config_from_args
 
     wanted = config_from_args(build_parser().parse_args(_train_args(spec, seed, common)))
-    found = RunConfig.load(folder / "config.json")
+    found = read_config(folder)
     differ = sorted(k for k, v in vars(wanted).items() if getattr(found, k) != v)
     if differ:
         changes = ", ".join(f"{k} {getattr(found, k)!r} ≠ {getattr(wanted, k)!r}" for k in differ)
@@ -130,7 +137,7 @@ def check_finished(folder: Path, spec: str, seed: int, common: list[str]) -> Non
 
 def _run_one(spec: str, seed: int, out: Path, common: list[str], jobs: int) -> Path:
     folder = run_dir(out, spec, seed)
-    if (folder / "model.safetensors").exists():
+    if is_finished(folder):
         check_finished(folder, spec, seed, common)
         return folder
     if folder.exists():  # an interrupted run: start it again from round 1
@@ -167,58 +174,7 @@ def run_all(specs, seeds, out: Path, common: list[str], jobs: int = 1) -> None:
 
 def _collect(out: Path, specs, seeds):
     """{spec: [records of each seed]}."""
-    return {spec: [read_metrics(run_dir(out, spec, s)) for s in seeds] for spec in specs}
-
-
-def _dice(records_per_seed, pick=final_round) -> np.ndarray:
-    """[seeds, sites] Dice (%) of the round ``pick`` chooses in each seed's records."""
-    rows = []
-    for records in records_per_seed:
-        dice = pick(records)["dice"]
-        rows.append([100 * dice[site] for site in dice])
-    return np.array(rows)
-
-
-def _mark(values: list[float]) -> list[str]:
-    """Bold the best, underline the second (paper style)."""
-    order = np.argsort(values)[::-1]
-    marks = [""] * len(values)
-    if len(values) > 1:
-        marks[order[0]] = "best"
-        marks[order[1]] = "second"
-    return marks
-
-
-def _cell(mean: float, std: float, mark: str) -> str:
-    text = f"{mean:.2f} ± {std:.2f}"
-    return {"best": f"**{text}**", "second": f"<u>{text}</u>", "": text}[mark]
-
-
-def table1(results, sites: list[str], baseline: str = "fedavg", pick=final_round) -> str:
-    """Per-site Dice and AVG (mean ± std over seeds) and Δ of the AVG vs ``baseline``, at
-    the round ``pick`` chooses in each run (default: :func:`~fedbcs_fl.results.final_round`;
-    :func:`~fedbcs_fl.results.best_round` for the released code's figure)."""
-    specs = list(results)
-    dice = {spec: _dice(results[spec], pick) for spec in specs}
-    avg = {spec: d.mean(1) for spec, d in dice.items()}
-    header = ["Method", *sites, "AVG", "Δ"]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    columns = [[dice[s][:, j].mean() for s in specs] for j in range(len(sites))]
-    columns.append([avg[s].mean() for s in specs])
-    marks = [_mark(col) for col in columns]
-    for i, spec in enumerate(specs):
-        cells = [
-            _cell(dice[spec][:, j].mean(), dice[spec][:, j].std(), marks[j][i])
-            for j in range(len(sites))
-        ]
-        cells.append(_cell(avg[spec].mean(), avg[spec].std(), marks[-1][i]))
-        delta = (
-            "-"
-            if spec == baseline or baseline not in avg
-            else (f"{avg[spec].mean() - avg[baseline].mean():+.2f}")
-        )
-        lines.append("| " + " | ".join([spec, *cells, delta]) + " |")
-    return "\n".join(lines) + "\n"
+    return {spec: [read_records(run_dir(out, spec, s)) for s in seeds] for spec in specs}
 
 
 def table2(results, sites: list[str]) -> str:
@@ -226,7 +182,7 @@ def table2(results, sites: list[str]) -> str:
     header = ["CDPA", "FSR", *sites, "AVG"]
     lines = ["| " + " | ".join(header) + " |", "|:-:|:-:" + "|---:" * (len(sites) + 1) + "|"]
     for spec, (cdpa, fsr) in ABLATION.items():
-        dice = _dice(results[spec])
+        dice = dice_matrix(results[spec], sites)
         avg = dice.mean(1)
         cells = [f"{dice[:, j].mean():.2f} ± {dice[:, j].std():.2f}" for j in range(len(sites))]
         cells.append(f"{avg.mean():.2f} ± {avg.std():.2f}")
@@ -270,8 +226,9 @@ def _curve_style(method: str, variant: int | None) -> dict:
     return style
 
 
-def plot_convergence(results, path: Path, title: str = "") -> None:
-    """Mean Dice per round per method (mean over seeds), as the paper's Fig. 4a."""
+def plot_convergence(results, title: str = "") -> bytes:
+    """Mean Dice per round per method (mean over seeds), as the paper's Fig. 4a, as PNG
+    bytes."""
     curves, variants = [], {}
     for spec, per_seed in results.items():
         rounds = [r["round"] for r in per_seed[0] if "dice" in r]
@@ -282,7 +239,7 @@ def plot_convergence(results, path: Path, title: str = "") -> None:
             variant = variants.get(method, 0)
             variants[method] = variant + 1
         curves.append((spec, rounds, dice.mean(0), _curve_style(method, variant)))
-    line_plot(curves, path, "mean foreground Dice (%)", title)
+    return line_plot(curves, "mean foreground Dice (%)", title)
 
 
 def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
@@ -296,12 +253,13 @@ def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
         f"{BEST_ROUND_CAPTION} Per seed, its own best round.\n\n"
         f"{table1(results, sites, pick=best_round)}"
     )
-    (out / "table1.md").write_text(dice_note + tables)
-    (out / "table3.md").write_text(
-        f"{setting}; means over clients, rounds and seeds.\n\n" + table3(results)
+    atomic_write_text(out / "table1.md", dice_note + tables)
+    atomic_write_text(
+        out / "table3.md", f"{setting}; means over clients, rounds and seeds.\n\n" + table3(results)
     )
     if all(spec in results for spec in ABLATION):
         ablation = table2({s: results[s] for s in ABLATION}, sites)
-        (out / "table2.md").write_text(f"{dice_note}{FINAL_ROUND_CAPTION}\n\n{ablation}")
-    plot_convergence(results, out / "convergence.png", title=f"{dataset}, {len(seeds)} seeds")
+        atomic_write_text(out / "table2.md", f"{dice_note}{FINAL_ROUND_CAPTION}\n\n{ablation}")
+    convergence = plot_convergence(results, title=f"{dataset}, {len(seeds)} seeds")
+    atomic_write_bytes(out / "convergence.png", convergence)
     return tables

@@ -1,24 +1,16 @@
-"""Reading run folders and writing what people look at: summary tables and plots."""
+"""What people look at, from round records: the Table 1 layout, summaries and plots.
+
+Everything here returns text or PNG bytes; :mod:`fedbcs_fl.run_folder` and the report
+writers store them. matplotlib is imported when a plot is drawn, never before, so the
+engines' clients do not load it.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import io
+from collections.abc import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-round records of a run folder's ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a fedbcs run folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 # Which round a table reports. The final round is the default everywhere; the best round
 # is what the released code logs ("Best Dice"), picked by the very scores it reports.
@@ -49,34 +41,71 @@ def best_round(records: list[dict]) -> dict:
     return max(evaluated_rounds(records), key=lambda r: float(np.mean(list(r["dice"].values()))))
 
 
-def final_dice(records: list[dict]) -> dict[str, float]:
-    """Per-site Dice of the last evaluated round."""
-    return final_round(records)["dice"]
+def dice_matrix(
+    runs: list[list[dict]], sites: list[str], pick: Callable[[list[dict]], dict] = final_round
+) -> np.ndarray:
+    """[runs, sites] Dice (%) of the round ``pick`` chooses in each run's records."""
+    return np.array([[100 * pick(records)["dice"][site] for site in sites] for records in runs])
 
 
-def dice_table(
-    rows: list[tuple[str, dict[str, float]]],
-    baseline: str | None = None,
-    rounds: list[int] | None = None,
+def _marks(values: list[float]) -> list[str]:
+    """Bold the best, underline the second (paper style)."""
+    order = np.argsort(values)[::-1]
+    marks = [""] * len(values)
+    if len(values) > 1:
+        marks[order[0]] = "best"
+        marks[order[1]] = "second"
+    return marks
+
+
+def _cell(values: np.ndarray, spread: bool, mark: str = "") -> str:
+    if not spread:
+        return f"{values.mean():.2f}"
+    text = f"{values.mean():.2f} ± {values.std():.2f}"
+    return {"best": f"**{text}**", "second": f"<u>{text}</u>", "": text}[mark]
+
+
+def table1(
+    results: dict[str, list[list[dict]]],
+    sites: list[str],
+    baseline: str | None = "fedavg",
+    pick: Callable[[list[dict]], dict] = final_round,
+    spread: bool = True,
+    round_column: bool = False,
 ) -> str:
-    """Markdown in the layout of paper Table 1: per-site Dice (%), AVG and Δ vs baseline.
+    """Markdown in the layout of paper Table 1: per-site Dice (%), their AVG, and Δ of the
+    AVG vs ``baseline``, at the round ``pick`` chooses in each run.
 
     Args:
-        rows: (method label, {site: Dice in [0, 1]}), all with the same sites.
-        baseline: the label whose AVG Δ is measured from (default: no Δ column).
-        rounds: the round each row reports, as a last column (default: no such column).
+        results: label → the round records of each of its runs (e.g. one per seed).
+        sites: the site columns, in order.
+        baseline: the label Δ is measured from; "-" in its row, and in every row when it
+            is not among the labels. None: no Δ column. Default ``"fedavg"``.
+        pick: :func:`final_round` (default) or :func:`best_round`, the released code's
+            figure.
+        spread: each cell is the mean ± population std over the label's runs, the best of
+            each column bold and the second underlined (default); False: the mean alone.
+        round_column: a last column with the round each row reports; every label then has
+            one run. Default False.
     """
-    sites = list(rows[0][1])
-    averages = {label: 100 * float(np.mean([d[s] for s in sites])) for label, d in rows}
-    header = ["Method", *sites, "AVG"] + (["Δ"] if baseline else []) + (["Round"] if rounds else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, (label, dice) in enumerate(rows):
-        cells = [label, *(f"{100 * dice[s]:.2f}" for s in sites), f"{averages[label]:.2f}"]
-        if baseline:
-            delta = averages[label] - averages[baseline]
-            cells.append("-" if label == baseline else f"{delta:+.2f}")
-        if rounds:
-            cells.append(str(rounds[i]))
+    dice = {label: dice_matrix(runs, sites, pick) for label, runs in results.items()}
+    avg = {label: d.mean(1) for label, d in dice.items()}
+    columns = [{label: d[:, j] for label, d in dice.items()} for j in range(len(sites))]
+    columns.append(avg)
+    header = ["Method", *sites, "AVG"]
+    header += (["Δ"] if baseline is not None else []) + (["Round"] if round_column else [])
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    marks = [_marks([values.mean() for values in column.values()]) for column in columns]
+    for i, (label, runs) in enumerate(results.items()):
+        cells = [label]
+        cells += [_cell(c[label], spread, m[i]) for c, m in zip(columns, marks, strict=True)]
+        if baseline is not None:
+            no_delta = label == baseline or baseline not in avg
+            cells.append("-" if no_delta else f"{avg[label].mean() - avg[baseline].mean():+.2f}")
+        if round_column:
+            if len(runs) != 1:
+                raise ValueError(f"a round column needs one run per label, {label} has {len(runs)}")
+            cells.append(str(pick(runs[0])["round"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -116,35 +145,38 @@ def summary_tables(runs: list[tuple[str, list[dict]]], baseline: str | None = No
         runs: (method label, the run's round records).
         baseline: the label whose AVG Δ is measured from (default: no Δ column).
     """
+    results = {label: [records] for label, records in runs}
     tables = []
     for caption, pick in ((FINAL_ROUND_CAPTION, final_round), (BEST_ROUND_CAPTION, best_round)):
-        picked = [(label, pick(records)) for label, records in runs]
-        rows = [(label, record["dice"]) for label, record in picked]
-        table = dice_table(rows, baseline, rounds=[record["round"] for _, record in picked])
+        sites = list(pick(runs[0][1])["dice"])
+        table = table1(results, sites, baseline, pick, spread=False, round_column=True)
         tables.append(f"{caption}\n\n{table}")
     if baseline is not None:
         tables.insert(0, verdict(runs, baseline))
     return "\n".join(tables)
 
 
-def write_summary(
-    path: str | Path,
-    title: str,
-    setting: str,
-    runs: list[tuple[str, list[dict]]],
-    baseline: str | None = None,
-) -> str:
-    """Write a run's ``summary.md`` (both engines): a title, a line on the setting, and
-    :func:`summary_tables`, which it returns."""
-    tables = summary_tables(runs, baseline)
-    Path(path).write_text(f"# {title}\n\n{setting}\n\n{tables}")
-    return tables
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
-def line_plot(curves, path: str | Path, ylabel: str, title: str = "") -> None:
-    """Curves over rounds as a PNG: ``curves`` is ``[(label, rounds, values, style)]``
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG (cropped to what it draws); the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def line_plot(curves, ylabel: str, title: str = "") -> bytes:
+    """Curves over rounds as PNG bytes: ``curves`` is ``[(label, rounds, values, style)]``
     with ``style`` a dict of matplotlib line keywords."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
     for label, rounds, values, style in curves:
         ax.plot(rounds, values, label=label, **style)
     ax.set_xlabel("round")
@@ -153,12 +185,11 @@ def line_plot(curves, path: str | Path, ylabel: str, title: str = "") -> None:
     ax.grid(alpha=0.3)
     # Outside the axes: with many methods an inside legend hides the curves it names.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    return png_bytes(fig)
 
 
-def plot_dice(records: list[dict], path: str | Path, title: str = "") -> None:
-    """Dice per round per site, and the mean, as a PNG."""
+def plot_dice(records: list[dict], title: str = "") -> bytes:
+    """Dice per round per site, and the mean, as PNG bytes."""
     evaluated = [r for r in records if "dice" in r]
     rounds = [r["round"] for r in evaluated]
     curves = [
@@ -167,19 +198,4 @@ def plot_dice(records: list[dict], path: str | Path, title: str = "") -> None:
     ]
     mean = [100 * r["mean_dice"] for r in evaluated]
     curves.append(("mean", rounds, mean, {"color": "k", "linestyle": "--", "lw": 2}))
-    line_plot(curves, path, "foreground Dice (%)", title)
-
-
-def is_evaluation_round(config, round_index: int) -> bool:
-    """Every ``eval_every`` rounds and after the last: both engines evaluate then."""
-    return round_index % config.eval_every == 0 or round_index == config.rounds
-
-
-def evaluation_fields(evaluation: dict[str, dict[str, float]]) -> dict:
-    """The evaluation keys of a round record: per-site and mean (NaN-skipping) Dice, HD95
-    and ASSD, from ``{site: segmentation_metrics(...)}``."""
-    fields = {}
-    for metric in ("dice", "hd95", "assd"):
-        fields[metric] = {site: m[metric] for site, m in evaluation.items()}
-        fields[f"mean_{metric}"] = float(np.nanmean(list(fields[metric].values())))
-    return fields
+    return line_plot(curves, "foreground Dice (%)", title)

@@ -1,10 +1,10 @@
 """The in-process federation: every client in one process, deterministic on CPU.
 
 Each round: choose the participating clients, train each locally from the global
-weights (:func:`fedbcs_fl.client.local_train`), screen the replies
-(:func:`fedbcs_fl.screening.screen_updates`), aggregate the accepted ones with the
-algorithm's server side, evaluate the global model on every site's test split, append
-one line to ``metrics.jsonl`` and write a checkpoint. A client that raises, drops out or
+weights (:func:`fedbcs_fl.client.local_train`), hand the replies to the engine-neutral
+server side (:func:`fedbcs_fl.round.aggregate_round`: screen, aggregate, record), evaluate
+the global model on every site's test split, append the record to ``metrics.jsonl``
+(:mod:`fedbcs_fl.run_folder`) and write a checkpoint. A client that raises, drops out or
 runs past ``client_timeout`` is reported and the round goes on with the others; if no
 reply is accepted the global model stays as it was.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,35 +31,14 @@ from tqdm.auto import tqdm
 
 from .algorithms import build_algorithm
 from .algorithms.base import Algorithm, ClientUpdate
-from .checkpoint import (
-    CHECKPOINT_NAME,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-    save_model,
-)
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .client import evaluate_site, local_train, make_optimizer, model_weights, train_loader
 from .config import RunConfig
 from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
-from .results import evaluation_fields, is_evaluation_round
-from .screening import ScreeningPolicy, screen_updates
-
-
-def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def reply_fields(algorithm: Algorithm, replies: list[tuple[str, ClientUpdate]]) -> dict:
-    """The per-client keys of a round record (both engines): each reply's metrics, the
-    prototypes it uploaded (paper Table 3) and its bytes (weights + payload)."""
-    return {
-        "client_metrics": {name: u.metrics for name, u in replies},
-        "prototypes_uploaded": {name: algorithm.count_prototypes(u.payload) for name, u in replies},
-        "bytes_up": {
-            name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in replies
-        },
-    }
+from .round import aggregate_round, evaluation_fields, is_evaluation_round
+from .run_folder import append_record, keep_records, save_model, write_config
+from .screening import ScreeningPolicy
 
 
 @dataclass
@@ -74,31 +52,6 @@ class ClientRuntime:
     generator: torch.Generator
     state: dict = field(default_factory=dict)
     straggler: Future | None = None  # a timed-out round still running in the background
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one whole line and fsync; a kill mid-write leaves at most a torn last line,
-    which :func:`valid_jsonl_lines` drops."""
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def valid_jsonl_lines(path: Path) -> list[str]:
-    """The complete JSON lines of ``path`` (a torn last line is dropped)."""
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if line.endswith("\n"):
-            lines.append(line)
-    return lines
 
 
 class Simulation:
@@ -222,25 +175,21 @@ class Simulation:
                 continue
             replies.append((client.name, self.faults.corrupt(client.name, round_index, update)))
         self.last_replies = replies
-        accepted, rejected = screen_updates(
-            self.algorithm, replies, self.global_weights, self.global_payload, self.policy
-        )
-        down = tensor_bytes(self.global_weights) + tensor_bytes(self.global_payload)
         maybe_kill(round_index, "aggregate")
-        if accepted:
-            self.global_weights, self.global_payload = self.algorithm.aggregate(
-                [u for _, u in accepted], self.global_weights, self.global_payload
-            )
+        result = aggregate_round(
+            self.algorithm,
+            round_index,
+            [c.name for c in chosen],
+            replies,
+            faults,
+            self.global_weights,
+            self.global_payload,
+            self.policy,
+        )
+        self.global_weights, self.global_payload = result.weights, result.payload
+        if result.aggregated:
             self.global_model.load_state_dict(self.global_weights)
-        record = {
-            "round": round_index,
-            "clients": [c.name for c in chosen],
-            "aggregated": [name for name, _ in accepted],
-            "faults": faults,
-            "rejected": rejected,
-            **reply_fields(self.algorithm, replies),
-            "bytes_down": down,
-        }
+        record = result.record
         if is_evaluation_round(self.config, round_index):
             record |= evaluation_fields(self.evaluate())
         record["seconds"] = time.perf_counter() - start
@@ -299,19 +248,14 @@ class Simulation:
         path = self.out_dir / CHECKPOINT_NAME
         if path.exists():
             self.load_state_dict(load_checkpoint(path))
-        metrics = self.out_dir / "metrics.jsonl"
-        lines = valid_jsonl_lines(metrics)
-        kept = [line for line in lines if json.loads(line)["round"] <= self.completed_rounds]
-        atomic_write_text(metrics, "".join(kept))
-        self.history = [json.loads(line) for line in kept]
+        self.history = keep_records(self.out_dir, self.completed_rounds)
 
     # ---- the whole run ----------------------------------------------------------------
 
     def run(self) -> list[dict]:
         """All remaining rounds; returns the per-round records (also in ``metrics.jsonl``)."""
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out_dir / "config.json", self.config.to_json())
+            write_config(self.out_dir, self.config)
         rounds = range(self.completed_rounds + 1, self.config.rounds + 1)
         bar = tqdm(rounds, desc=self.config.method, disable=not self.progress)
         for r in bar:
@@ -319,7 +263,7 @@ class Simulation:
             self.history.append(record)
             self.completed_rounds = r
             if self.out_dir is not None:
-                append_jsonl(self.out_dir / "metrics.jsonl", record)
+                append_record(self.out_dir, record)
                 if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
                     self._save_checkpoint()
             if self.progress:
@@ -327,8 +271,7 @@ class Simulation:
             if self.on_round is not None:
                 self.on_round(record)
         if self.out_dir is not None:
-            metadata = {"method": self.config.method, "version": str(self.config.version)}
-            save_model(self.out_dir / "model.safetensors", self.global_weights, metadata)
+            save_model(self.out_dir, self.global_weights, self.config)
         return self.history
 
     @staticmethod

@@ -34,6 +34,7 @@ import tomli_w
 
 from ..config import RunConfig
 from ..data import SYNTHETIC_SITES
+from ..run_folder import atomic_write_text, holds_run, is_finished, read_records
 from .settings import to_run_config
 
 # Seconds between SuperExec polls for new tasks (Flower's default, 1 s, dominates short runs).
@@ -306,7 +307,7 @@ def run_local(
     ``rounds_completed`` and ``pids`` (every process the deployment ran, all stopped).
     """
     out = Path(out).resolve()
-    if (out / "metrics.jsonl").exists():
+    if holds_run(out):
         raise ValueError(f"{out} already holds a run; choose another --out or delete it")
     names = config.sites or SYNTHETIC_SITES.get(config.dataset)
     if names is not None:
@@ -331,16 +332,15 @@ def run_local(
             finally:
                 deployment.stop()
     finally:
-        metrics = out / "metrics.jsonl"
-        rounds = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        rounds = len(read_records(out)) if holds_run(out) else 0
         report["rounds_completed"] = rounds
         report["ok"] = (
             report["status"] == "finished:completed"
             and rounds == config.rounds
-            and (out / "model.safetensors").exists()
+            and is_finished(out)
         )
         report["pids"] = sorted(deployment.pids)
         report["logs"] = str(out / "logs")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "flower-local.json").write_text(json.dumps(report, indent=2))
+        atomic_write_text(out / "flower-local.json", json.dumps(report, indent=2))
     return report

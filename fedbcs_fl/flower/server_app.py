@@ -1,10 +1,11 @@
-"""The Flower ServerApp: the run's rounds, and the results the simulator writes.
+"""The Flower ServerApp: the run's rounds, and the run folder the simulator writes.
 
 The ServerApp builds the initial model exactly as the simulator does (seeded from the
 run's seed), runs :class:`~fedbcs_fl.flower.strategy.AlgorithmStrategy` for the
-configured rounds and writes, into ``out-dir`` on the SuperLink's machine:
-``config.json``, ``metrics.jsonl`` (one line per round, the simulator's keys plus
-``failures``), ``summary.md``, ``dice.png`` and ``model.safetensors``.
+configured rounds and writes, into ``out-dir`` on the SuperLink's machine and through
+:mod:`fedbcs_fl.run_folder` (atomically, as the simulator): ``config.json``,
+``metrics.jsonl`` (one line per round, the simulator's keys plus
+``evaluation_faults``), ``summary.md``, ``dice.png`` and ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
-from safetensors.torch import save_file
 
 from ..algorithms import build_algorithm
 from ..client import model_weights
 from ..config import RunConfig
-from ..results import plot_dice, write_summary
-from ..simulation import append_jsonl
+from ..run_folder import (
+    append_record,
+    default_run_dir,
+    holds_run,
+    save_model,
+    write_config,
+    write_run_summary,
+)
 from .settings import engine_setting, from_run_config
 from .strategy import AlgorithmStrategy
 
@@ -36,7 +42,7 @@ def output_dir(config: RunConfig, run_config: Mapping[str, Any]) -> Path:
     out = str(engine_setting(run_config, "out-dir"))
     if out:
         return Path(out).expanduser()
-    return Path("runs") / f"flower-{config.method}-{config.dataset}-seed{config.seed}"
+    return default_run_dir(config, flower=True)
 
 
 def sampling(config: RunConfig, min_nodes: int) -> dict[str, Any]:
@@ -54,25 +60,13 @@ def sampling(config: RunConfig, min_nodes: int) -> dict[str, Any]:
     }
 
 
-def write_run_summary(out: Path, config: RunConfig, records: list[dict]) -> None:
-    """``summary.md`` and ``dice.png`` of a finished run, as ``fedbcs train`` writes them."""
-    title = f"{config.method} on {config.dataset} (Flower)"
-    setting = (
-        f"{config.rounds} rounds, seed {config.seed}. Foreground Dice (%) of the global model "
-        "on each site's test split, evaluated by each site's SuperNode."
-    )
-    write_summary(out / "summary.md", title, setting, [(config.method, records)])
-    plot_dice(records, out / "dice.png", title=title)
-
-
 def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
     """Run every round on ``grid`` and write the results; returns the round records."""
     config = from_run_config(run_config)
     out = output_dir(config, run_config)
-    if (out / "metrics.jsonl").exists():
+    if holds_run(out):
         raise ValueError(f"{out} already holds a run; choose another out-dir")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json())
+    write_config(out, config)
 
     torch.manual_seed(config.seed)  # the simulator's model initialisation
     algorithm = build_algorithm(config)
@@ -82,7 +76,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
 
     def on_round(record: dict) -> None:
         records.append(record)
-        append_jsonl(out / "metrics.jsonl", record)
+        append_record(out, record)
         if "mean_dice" in record:
             log(INFO, "round %d: mean Dice %.4f", record["round"], record["mean_dice"])
 
@@ -98,12 +92,8 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
         num_rounds=config.rounds,
         timeout=float(engine_setting(run_config, "round-timeout")),
     )
-    save_file(
-        dict(result.arrays.to_torch_state_dict()),
-        str(out / "model.safetensors"),
-        metadata={"method": config.method, "version": str(config.version)},
-    )
-    write_run_summary(out, config, records)
+    save_model(out, result.arrays.to_torch_state_dict(), config)
+    write_run_summary(out, config, records, flower=True)
     log(INFO, "results in %s", out.resolve())
     return records
 

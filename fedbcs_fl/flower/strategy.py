@@ -1,12 +1,13 @@
 """The Flower strategy that runs any fedbcs :class:`~fedbcs_fl.algorithms.Algorithm`.
 
 It keeps Flower's FedAvg round loop, sampling and logging, and hands the server side to
-the algorithm: ``aggregate_train`` decodes each reply into a :class:`ClientUpdate` (its
-weights, and its payload as a second ArrayRecord, which stock FedAvg would reject) and
-calls ``algorithm.aggregate``; the next global payload travels beside the weights in
-every train instruction. Replies are ordered by partition id before aggregation, so a run
-is deterministic whatever order the replies arrive in, and matches the simulator, which
-trains its clients in site order.
+the engine-neutral round: ``aggregate_train`` decodes each reply into a
+:class:`ClientUpdate` (its weights, and its payload as a second ArrayRecord, which stock
+FedAvg would reject) and calls :func:`~fedbcs_fl.round.aggregate_round`, which screens,
+records and calls ``algorithm.aggregate``, as in the simulator; the next global payload
+travels beside the weights in every train instruction. Replies are ordered by partition
+id before aggregation, so a run is deterministic whatever order the replies arrive in,
+and matches the simulator, which trains its clients in site order.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..algorithms.base import Algorithm
 from ..config import RunConfig
-from ..results import evaluation_fields, is_evaluation_round
-from ..screening import ScreeningPolicy, screen_updates
-from ..simulation import reply_fields, tensor_bytes
+from ..round import aggregate_round, evaluation_fields, is_evaluation_round
+from ..screening import ScreeningPolicy
 from .records import (
     METRICS_KEY,
     PARTITION_ID,
@@ -92,10 +92,6 @@ class AlgorithmStrategy(FedAvg):
         payload = to_record(self.global_payload)
         for message in messages:
             message.content[PAYLOAD_KEY] = payload
-        self.record = {
-            "round": server_round,
-            "bytes_down": tensor_bytes(self.global_weights) + tensor_bytes(self.global_payload),
-        }
         return messages
 
     def aggregate_train(
@@ -111,29 +107,25 @@ class AlgorithmStrategy(FedAvg):
         self.site_of_node |= {node: name for _, name, _, node in decoded}
         faults = self._faults(replies)
         names = [name for _, name, _, _ in decoded]
-        updates = [update for update, _, _, _ in decoded]
-        pairs = list(zip(names, updates, strict=True))
-        accepted, rejected = screen_updates(
-            self.algorithm, pairs, self.global_weights, self.global_payload, self.policy
+        result = aggregate_round(
+            self.algorithm,
+            server_round,
+            sorted([*names, *faults]),
+            [(name, update) for update, name, _, _ in decoded],
+            faults,
+            self.global_weights,
+            self.global_payload,
+            self.policy,
         )
-        self.record |= {
-            "clients": sorted([*names, *faults]),
-            "aggregated": [name for name, _ in accepted],
-            "faults": faults,
-            "rejected": rejected,
-            **reply_fields(self.algorithm, pairs),
-        }
-        if not accepted:  # nothing usable: the global model stays as it was
-            return to_record(self.global_weights), None
-        weights, self.global_payload = self.algorithm.aggregate(
-            [u for _, u in accepted], self.global_weights, self.global_payload
-        )
+        self.record, self.global_payload = result.record, result.payload
+        if not result.aggregated:  # the global model stays as it was
+            return to_record(result.weights), None
         kept = [
             m.content
             for m in valid
-            if self.site_of_node.get(m.metadata.src_node_id) in {name for name, _ in accepted}
+            if self.site_of_node.get(m.metadata.src_node_id) in set(result.aggregated)
         ]
-        return to_record(weights), self.train_metrics_aggr_fn(kept, self.weighted_by_key)
+        return to_record(result.weights), self.train_metrics_aggr_fn(kept, self.weighted_by_key)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

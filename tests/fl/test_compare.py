@@ -11,10 +11,9 @@ from fedbcs_fl.compare import (
     expand_methods,
     parse_spec,
     run_dir,
-    table1,
     table3,
 )
-from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION
+from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION, table1
 
 from .._tiny import tiny_argv
 

@@ -2,16 +2,16 @@
 
 import pytest
 
-from fedbcs_fl.compare import table1
 from fedbcs_fl.results import (
     BEST_ROUND_CAPTION,
     FINAL_ROUND_CAPTION,
     best_round,
     final_round,
     summary_tables,
+    table1,
     verdict,
-    write_summary,
 )
+from fedbcs_fl.run_folder import write_summary
 
 
 def _record(round_index, dice=None):

@@ -9,10 +9,12 @@ raises (fault reporting).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,6 +43,7 @@ from fedbcs_fl.flower.settings import (
     to_run_config,
 )
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
+from fedbcs_fl.run_folder import read_config, read_records
 from fedbcs_fl.simulation import Simulation
 from fedbcs_models import UNet
 
@@ -199,6 +202,37 @@ def test_the_client_app_trains_the_model_its_source_declares(three_class_source,
     weights = reply.content.array_records[WEIGHTS_KEY].to_torch_state_dict()
     assert first_conv_and_head(weights) == (1, 3)
     assert reply.content.config_records[SITE_KEY]["name"] == "south"
+
+
+def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatch):
+    # The rounds are canned; what is under test is how the ServerApp writes its folder:
+    # through the run folder's atomic writes, as the simulator, all but the appended log.
+    canned = [
+        {"round": r, "dice": {"site-A": 0.5, "site-B": 0.2 * r}, "mean_dice": 0.35 + 0.1 * r}
+        for r in (1, 2)
+    ]
+
+    def start(strategy, grid, initial_arrays, num_rounds, timeout):
+        for record in canned:
+            strategy.on_round(dict(record))
+        return SimpleNamespace(arrays=initial_arrays)
+
+    renamed = []
+    replace = os.replace
+
+    def recording_replace(source, target):
+        renamed.append(Path(target))
+        replace(source, target)
+
+    monkeypatch.setattr(AlgorithmStrategy, "start", start)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    config, out = tiny_config("fedavg"), tmp_path / "run"
+    assert server_app.run_server(None, to_run_config(config, out_dir=str(out))) == canned
+    whole = {path.name for path in renamed if path.parent == out}
+    assert whole == {"config.json", "summary.md", "dice.png", "model.safetensors"}
+    assert {path.name for path in out.iterdir()} == whole | {"metrics.jsonl"}
+    assert read_config(out) == config and read_records(out) == canned
+    assert (out / "summary.md").read_text().startswith("# fedavg on synthetic-nuclei (Flower)")
 
 
 # ---- real deployments ----------------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""One federated round on the server side, the same in every engine.
+
+An engine (the in-process simulator, the Flower strategy) asks its clients, gathers their
+replies and names the clients that sent none; :func:`aggregate_round` does the rest: it
+screens the replies (:func:`~fedbcs_fl.screening.screen_updates`), aggregates the
+accepted ones with the algorithm's server side and writes the round's record. On the
+rounds :func:`is_evaluation_round` picks, the engine adds the evaluation of the new
+global model (:func:`evaluation_fields`), then the round's ``seconds``.
+
+A round record, one line of ``metrics.jsonl``, has
+- ``round``, ``clients`` (who was asked), ``aggregated`` (whose replies were used),
+  ``faults`` (client → why it sent no reply) and ``rejected`` (client → why screening
+  refused its reply);
+- per client that replied: ``client_metrics``, ``prototypes_uploaded`` (paper Table 3)
+  and ``bytes_up`` (weights + payload);
+- ``bytes_down``: the global weights and payload each client was sent;
+- on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site and their ``mean_*``;
+- ``seconds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .algorithms.base import Algorithm, ClientUpdate
+from .screening import ScreeningPolicy, screen_updates
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """The bytes of a dict of tensors' values, as they travel."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What a round leaves behind.
+
+    Args:
+        weights: the next global weights (the old ones when no reply was accepted).
+        payload: the next global payload (likewise).
+        record: the round's record, without the evaluation and ``seconds``.
+    """
+
+    weights: dict[str, torch.Tensor]
+    payload: dict[str, torch.Tensor]
+    record: dict
+
+    @property
+    def aggregated(self) -> list[str]:
+        """The clients whose replies made the new global model (none: it is the old one)."""
+        return self.record["aggregated"]
+
+
+def aggregate_round(
+    algorithm: Algorithm,
+    round_index: int,
+    clients: list[str],
+    replies: list[tuple[str, ClientUpdate]],
+    faults: dict[str, str],
+    global_weights: dict[str, torch.Tensor],
+    global_payload: dict[str, torch.Tensor],
+    policy: ScreeningPolicy,
+) -> RoundResult:
+    """Screen ``replies``, record the round, and aggregate the accepted replies.
+
+    Args:
+        algorithm: the method; its ``aggregate`` is the server side.
+        round_index: the round, from 1.
+        clients: every client asked this round, in the order the record lists them.
+        replies: ``(client, update)`` of each client that replied, in aggregation order.
+        faults: ``{client: reason}`` of each client asked that sent no reply.
+        global_weights: the weights the clients were sent.
+        global_payload: the payload the clients were sent.
+        policy: the screening thresholds.
+    """
+    accepted, rejected = screen_updates(algorithm, replies, global_weights, global_payload, policy)
+    record = {
+        "round": round_index,
+        "clients": clients,
+        "aggregated": [name for name, _ in accepted],
+        "faults": faults,
+        "rejected": rejected,
+        "client_metrics": {name: u.metrics for name, u in replies},
+        "prototypes_uploaded": {name: algorithm.count_prototypes(u.payload) for name, u in replies},
+        "bytes_up": {
+            name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in replies
+        },
+        "bytes_down": tensor_bytes(global_weights) + tensor_bytes(global_payload),
+    }
+    if not accepted:  # nothing usable: the global model stays as it was
+        return RoundResult(global_weights, global_payload, record)
+    weights, payload = algorithm.aggregate(
+        [update for _, update in accepted], global_weights, global_payload
+    )
+    return RoundResult(weights, payload, record)
+
+
+def is_evaluation_round(config, round_index: int) -> bool:
+    """Every ``eval_every`` rounds and after the last: both engines evaluate then."""
+    return round_index % config.eval_every == 0 or round_index == config.rounds
+
+
+def evaluation_fields(evaluation: dict[str, dict[str, float]]) -> dict:
+    """The evaluation keys of a round record: per-site and mean (NaN-skipping) Dice, HD95
+    and ASSD, from ``{site: segmentation_metrics(...)}``."""
+    fields = {}
+    for metric in ("dice", "hd95", "assd"):
+        fields[metric] = {site: m[metric] for site, m in evaluation.items()}
+        fields[f"mean_{metric}"] = float(np.nanmean(list(fields[metric].values())))
+    return fields
