@@ -132,6 +132,8 @@ class Algorithm:
     name: ClassVar[str] = "fedavg"
     # Hyper-parameter name → default; None means "the dataset's default" (e.g. tau).
     options: ClassVar[dict[str, Any]] = {}
+    # Option name → what it is, one line for ``fedbcs train --help``.
+    option_help: ClassVar[dict[str, str]] = {}
     # Payload keys whose rows are prototypes: counted for paper Table 3.
     prototype_keys: ClassVar[tuple[str, ...]] = ()
 
