@@ -47,6 +47,8 @@ OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "fsr_gate": ("static", "adaptive"),
     "fusion": ("deepest", "adjacent"),
     "contrast": ("released", "exact"),
+    "variance_target": ("labels", "balanced"),
+    "uniformity_sigma": ("released", "detached"),
 }
 
 

@@ -53,5 +53,9 @@ def test_option_help_explains_declared_options_and_reaches_train_help(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for phrase in ("--lambda-proto LAMBDA_PROTO fedproto: weight of the class-balanced",):
+    for phrase in (
+        "--lambda-proto LAMBDA_PROTO fedproto: weight of the class-balanced",
+        "--lambda-variance LAMBDA_VARIANCE feduv: weight of the prediction-variance hinge "
+        "(default 2.5)",
+    ):
         assert phrase in text
