@@ -57,5 +57,6 @@ def test_option_help_explains_declared_options_and_reaches_train_help(capsys):
         "--lambda-proto LAMBDA_PROTO fedproto: weight of the class-balanced",
         "--lambda-variance LAMBDA_VARIANCE feduv: weight of the prediction-variance hinge "
         "(default 2.5)",
+        "--amplitude-ratio AMPLITUDE_RATIO harmofl: half-side of the swapped low-frequency",
     ):
         assert phrase in text
