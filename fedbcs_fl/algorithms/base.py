@@ -49,6 +49,7 @@ OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "contrast": ("released", "exact"),
     "variance_target": ("labels", "balanced"),
     "uniformity_sigma": ("released", "detached"),
+    "prototype_pass": ("after-training", "last-epoch"),
 }
 
 
