@@ -8,11 +8,12 @@ labels::
         + λ_uni · mean_{i<j} exp(−‖z_i − z_j‖² / σ)
 
 ``γ_c`` is the spread that perfectly confident predictions reach on the batch: FedUV's
-classification target ``1/√C`` is the standard deviation of one-hot predictions over a
-class-balanced batch; for segmentation it is ``s(y_c) = sqrt(q_c(1 − q_c) + 1e-4)``, ``q_c``
-the batch's fraction of class-c pixels (``variance_target`` ``labels``). ``balanced``
-keeps ``1/√C``, which a probability's standard deviation (at most 0.5) never reaches for
-C = 2, so that hinge never switches off. Variances are over every pixel of the batch
+classification target ``1/√C`` is the (unbiased) standard deviation of one-hot
+predictions over C samples, one per class; for segmentation it is
+``s(y_c) = sqrt(q_c(1 − q_c) + 1e-4)``, ``q_c`` the batch's fraction of class-c pixels
+(``variance_target`` ``labels``). ``balanced`` keeps ``1/√C``, which a probability's
+standard deviation (at most 0.5) never reaches for C = 2, so that hinge never switches
+off. Variances are over every pixel of the batch
 (population variance, so one pixel is finite); the 1e-4, on both sides, keeps the square
 root's gradient finite for a constant prediction.
 
