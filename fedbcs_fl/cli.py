@@ -46,6 +46,15 @@ def _method_options() -> dict[str, object]:
     return merged
 
 
+def _method_option_help() -> dict[str, str]:
+    """The help of each method option: every method that explains it, with its default."""
+    parts: dict[str, list[str]] = {}
+    for method, cls in all_algorithms().items():
+        for name, text in cls.option_help.items():
+            parts.setdefault(name, []).append(f"{method}: {text} (default {cls.options[name]})")
+    return {name: "; ".join(texts) for name, texts in parts.items()}
+
+
 # Options of ``train`` that ``compare`` passes through to every run.
 _COMMON = (
     "dataset",
@@ -129,8 +138,10 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
     if not method_arguments:
         return
     group = p.add_argument_group("method options (default: the method's own)")
+    helps = _method_option_help()
     for name, default in _method_options().items():
         flag = "--" + name.replace("_", "-")
+        text = helps.get(name)
         if isinstance(default, bool):
             group.add_argument(
                 "--no-" + name.replace("_", "-"),
@@ -138,13 +149,14 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
                 action="store_const",
                 const=False,
                 default=None,
+                help=text,
             )
         elif isinstance(default, str):
-            group.add_argument(flag, dest=name, default=None)
+            group.add_argument(flag, dest=name, default=None, help=text)
         elif isinstance(default, int):
-            group.add_argument(flag, dest=name, type=int, default=None)
+            group.add_argument(flag, dest=name, type=int, default=None, help=text)
         else:
-            group.add_argument(flag, dest=name, type=float, default=None)
+            group.add_argument(flag, dest=name, type=float, default=None, help=text)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

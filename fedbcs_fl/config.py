@@ -17,6 +17,16 @@ CONFIG_VERSION = 1
 BEFORE_FIDELITY = {"dice_loss_classes": "foreground", "nuclei_intensity": "dtype"}
 BEFORE_FIDELITY_METHOD_OPTIONS = {"fedbcs": {"contrast": "exact"}}
 
+# Baseline options whose defaults changed to follow the original methods (issue 14,
+# docs/algorithms.md). A config.json without ``method_defaults_version`` was written
+# before: it loads with these values, so its run resumes and evaluates as it ran.
+METHOD_DEFAULTS_VERSION = 2
+BEFORE_BASELINE_FIXES_METHOD_OPTIONS = {
+    "feduv": {"variance_target": "balanced", "uniformity_sigma": "detached"},
+    "harmofl": {"amplitude_ratio": 0.1},
+    "fedplvm": {"lambda_plvm": 1.0, "prototype_pass": "last-epoch"},
+}
+
 
 @dataclass
 class RunConfig:
@@ -56,6 +66,9 @@ class RunConfig:
     inject_faults: str | None = None
     data_version: int | None = None  # the synthetic generators' version; None: real data
     method_options: dict = field(default_factory=dict)
+    # The method defaults the file was written with: from_json makes an older file's old
+    # defaults explicit in method_options (BEFORE_BASELINE_FIXES_METHOD_OPTIONS).
+    method_defaults_version: int = METHOD_DEFAULTS_VERSION
     version: int = CONFIG_VERSION
 
     def resolved(self) -> RunConfig:
@@ -90,6 +103,11 @@ class RunConfig:
             data = {**data, "data_version": 1}  # written before the generators had versions
         if not set(BEFORE_FIDELITY) & set(data):
             data = cls._before_fidelity(data)
+        if "method_defaults_version" not in data:
+            # The old defaults become explicit options, so the loaded config, now of the
+            # current version, runs as the file's run did.
+            legacy = BEFORE_BASELINE_FIXES_METHOD_OPTIONS.get(data.get("method", cls.method), {})
+            data = {**data, "method_options": {**legacy, **data.get("method_options", {})}}
         return cls(**data)
 
     @classmethod

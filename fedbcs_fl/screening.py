@@ -10,6 +10,8 @@ Rejected when a reply has
 - a missing or extra parameter key, or a wrong shape or dtype;
 - a non-positive or absurd example count;
 - prototypes of the wrong dimension, or class ids outside [0, K);
+- a ``steps`` payload (FedContrast's local progress) that is not (done, scheduled)
+  integers with 0 < done ≤ scheduled: its ratio weighs the update in aggregation;
 - an update norm ‖w_k − w_global‖ above ``norm_factor`` × the median of the other
   clients' (only with at least ``norm_min_clients`` clients; off for 2).
 """
@@ -98,6 +100,10 @@ def _payload_problem(algorithm: Algorithm, payload, dims) -> str | None:
             continue
         if value.is_floating_point() or value.min() < 0 or value.max() >= algorithm.num_classes:
             return f"{key} holds class ids outside [0, {algorithm.num_classes})"
+    if "steps" in payload:
+        steps = payload["steps"]
+        if steps.shape != (2,) or steps.is_floating_point() or not 0 < steps[0] <= steps[1]:
+            return f"steps {steps.tolist()} are not (done, scheduled) with 0 < done ≤ scheduled"
     return None
 
 

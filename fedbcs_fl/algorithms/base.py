@@ -48,6 +48,9 @@ OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "fsr_gate": ("static", "adaptive"),
     "fusion": ("deepest", "adjacent"),
     "contrast": ("released", "exact"),
+    "variance_target": ("labels", "balanced"),
+    "uniformity_sigma": ("released", "detached"),
+    "prototype_pass": ("after-training", "last-epoch"),
 }
 
 
@@ -133,6 +136,8 @@ class Algorithm:
     name: ClassVar[str] = "fedavg"
     # Hyper-parameter name → default; None means "the dataset's default" (e.g. tau).
     options: ClassVar[dict[str, Any]] = {}
+    # Option name → what it is, one line for ``fedbcs train --help``.
+    option_help: ClassVar[dict[str, str]] = {}
     # Payload keys whose rows are prototypes: counted for paper Table 3.
     prototype_keys: ClassVar[tuple[str, ...]] = ()
 

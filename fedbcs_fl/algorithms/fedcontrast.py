@@ -11,18 +11,23 @@ feature f (last decoder block):
 τ = 0.1; both via logsumexp, plain means over the pixels whose class has a positive.
 Before a client has sent prototypes (round 1) both terms are 0.
 
-Payload up: one prototype per class present (exact class mean over the last local epoch)
-and ``steps`` = (local steps done, local steps scheduled). Server (global process-aware
-aggregation): weights averaged with n_k · done_k / scheduled_k, normalised; every
-client's prototypes go down unchanged (``protos``, ``labels``).
+Payload up: one prototype per class present (exact class mean over the last local epoch),
+``steps`` = (local steps done, local steps scheduled), and ``owner``, the client's id.
+Server (global process-aware aggregation): weights averaged with n_k · done_k /
+scheduled_k, normalised (screening rejects a ``steps`` that is not 0 < done ≤ scheduled);
+every client's prototypes go down unchanged (``protos``, ``labels``) with the id of the
+client that sent each row (``owners``).
 
-The simulator gives a client no id, so a client tells its own prototypes apart by
-keeping the rows it sent in its persistent state: the rows of the global payload equal
-to one of them are its own (they travel unchanged), the rest are the others'.
+The engines give an algorithm no client identity, so a client draws its id once, at
+random (63 bits: two clients of a federation share one with probability ~K²/2⁶⁴), and
+keeps it in its persistent state. The id only tells rows apart; it enters no number, so
+runs stay reproducible. Rows of another client that equal this one's, or rows changed by
+a lossy transport, are still told apart correctly.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 import torch
@@ -30,14 +35,36 @@ import torch
 from ..aggregation import weighted_average
 from ._protos import PixelPrototypeAlgorithm, cosine, pixel_rows, prototype_infonce
 
+OWNER_KEY = "fedcontrast/owner"  # the client's id, in its persistent state
+
+
+def others_mask(payload: dict[str, torch.Tensor], owner: int, own: torch.Tensor) -> torch.Tensor:
+    """Which rows of the global ``payload`` came from other clients than ``owner``.
+
+    A payload without ``owners`` was aggregated before owner ids existed (a run resumed
+    from such a checkpoint): its own rows are found as before, equal to ``own``.
+    """
+    if "owners" in payload:
+        return payload["owners"] != owner
+    return ~(payload["protos"][:, None, :] == own[None, :, :]).all(-1).any(1)
+
 
 class FedContrast(PixelPrototypeAlgorithm):
     name = "fedcontrast"
     options: ClassVar[dict[str, Any]] = {
-        "tau": 0.1,  # InfoNCE temperature of both terms
-        "lambda_own": 1.0,  # weight of L_own (local contrast)
-        "lambda_others": 1.0,  # weight of L_others (global contrast)
+        "tau": 0.1,
+        "lambda_own": 1.0,
+        "lambda_others": 1.0,
     }
+    option_help: ClassVar[dict[str, str]] = {
+        "tau": "InfoNCE temperature of both contrasts",
+        "lambda_own": "weight of L_own, the contrast with the client's own prototypes",
+        "lambda_others": "weight of L_others, the contrast with the other clients' prototypes",
+    }
+
+    def begin_local(self, model, ctx):
+        if OWNER_KEY not in ctx.state:
+            ctx.state[OWNER_KEY] = secrets.randbits(63)
 
     def prototype_loss(self, features, masks, ctx):
         if "own_protos" not in ctx.state:
@@ -50,11 +77,11 @@ class FedContrast(PixelPrototypeAlgorithm):
         )
         ctx.log("fedcontrast/own", loss_own)
         loss = self.opt["lambda_own"] * loss_own
-        if "protos" in ctx.global_payload:
-            rows, row_labels = ctx.global_payload["protos"], ctx.global_payload["labels"]
-            others = ~(rows[:, None, :] == own[None, :, :]).all(-1).any(1)
-            logits = cosine(pixels, rows[others].to(pixels.device)) / tau
-            loss_others = prototype_infonce(logits, labels, row_labels[others])
+        payload = ctx.global_payload
+        if "protos" in payload:
+            others = others_mask(payload, ctx.state[OWNER_KEY], own)
+            logits = cosine(pixels, payload["protos"][others].to(pixels.device)) / tau
+            loss_others = prototype_infonce(logits, labels, payload["labels"][others])
             ctx.log("fedcontrast/others", loss_others)
             loss = loss + self.opt["lambda_others"] * loss_others
         return loss
@@ -63,6 +90,7 @@ class FedContrast(PixelPrototypeAlgorithm):
         payload = super().end_local(model, ctx)
         ctx.state["own_protos"], ctx.state["own_labels"] = payload["protos"], payload["labels"]
         payload["steps"] = torch.tensor([ctx.steps_done, ctx.steps_scheduled])
+        payload["owner"] = torch.tensor([ctx.state[OWNER_KEY]])
         return payload
 
     def aggregate_weights(self, updates, global_weights):
@@ -71,5 +99,12 @@ class FedContrast(PixelPrototypeAlgorithm):
         ]
         return weighted_average([u.weights for u in updates], progress)
 
-    def aggregate_prototypes(self, rows, labels):
-        return {"protos": rows, "labels": labels}
+    def aggregate_payload(self, updates, global_payload):
+        sent = [u.payload for u in updates if "protos" in u.payload]
+        if not sent:
+            return {}
+        return {
+            "protos": torch.cat([p["protos"] for p in sent]),
+            "labels": torch.cat([p["labels"] for p in sent]),
+            "owners": torch.cat([p["owner"].expand(len(p["labels"])) for p in sent]),
+        }

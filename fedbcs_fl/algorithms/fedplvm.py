@@ -9,16 +9,19 @@ decoder block) of a class the server has prototypes for:
 - L_corr, intra-class correction: 2·mean (1 − cos(f, ḡ_y))², ḡ_y the mean of the global
   cluster prototypes of the pixel's class.
 
-α = 0.25, τ = 0.07, λ = 1 (the authors use 100, which swamps the Dice loss here).
-In round 1 both terms are 0.
+α = 0.25, τ = 0.07, λ = 100: the released code's defaults. In round 1 both terms are 0.
 
 Payload up (dual-level clustering, first level): for every image of the last local
 epoch and every class in it, the mean pixel feature of that class in that image; per
 class, FINCH (cosine, last partition) over those vectors; their cluster means go up
-(``protos``, ``labels``), a variable number per class. Server (second level): size-
-weighted FedAvg of the weights; per class, FINCH again over all clients' cluster
-prototypes; down go the global cluster prototypes (``protos``, ``labels``) and their
-per-class mean (``mean``, ``mean_present``).
+(``protos``, ``labels``), a variable number per class. As in the released code, the
+features come from a pass of the trained model after local training (``prototype_pass``
+``after-training``): over the batches of the last local epoch, kept for it, so the pass
+neither reads the data again nor moves the loader's shuffling. ``last-epoch`` takes the
+features of the training steps themselves, as every other prototype method here.
+Server (second level): size-weighted FedAvg of the weights; per class, FINCH again over
+all clients' cluster prototypes; down go the global cluster prototypes (``protos``,
+``labels``) and their per-class mean (``mean``, ``mean_present``).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from ._protos import (
 )
 
 COS_EPS = 1e-6  # lower clamp of the cosines raised to α: s^α has an infinite slope at 0
-# The round's scratch: (means, class ids) of every image of the last local epoch.
+# The round's scratch: (means, class ids) of every image of the last local epoch, and
+# that epoch's batches (images, labels) for the pass after training.
 IMAGE_MEANS_KEY = "fedplvm/image_means"
+BATCHES_KEY = "fedplvm/batches"
 
 
 def image_class_means(features: torch.Tensor, masks: torch.Tensor, num_classes: int):
@@ -61,18 +66,47 @@ def image_class_means(features: torch.Tensor, masks: torch.Tensor, num_classes: 
 class FedPLVM(PixelPrototypeAlgorithm):
     name = "fedplvm"
     options: ClassVar[dict[str, Any]] = {
-        "tau": 0.07,  # temperature of L_α
-        "alpha_sparsity": 0.25,  # α, the power of the clamped cosines in L_α
-        "lambda_plvm": 1.0,  # λ, weight of L_α + L_corr
+        "tau": 0.07,
+        "alpha_sparsity": 0.25,
+        "lambda_plvm": 100.0,
+        "prototype_pass": "after-training",
+    }
+    option_help: ClassVar[dict[str, str]] = {
+        "tau": "temperature of the α-sparsity InfoNCE L_α",
+        "alpha_sparsity": "α, the power of the clamped cosines in L_α",
+        "lambda_plvm": "λ, weight of L_α + L_corr, as released",
+        "prototype_pass": "after-training: local prototypes from a pass of the trained model "
+        "over the last epoch's batches, as released; last-epoch: from the training steps",
     }
 
     def begin_local(self, model, ctx):
         ctx.scratch[IMAGE_MEANS_KEY] = []
+        ctx.scratch[BATCHES_KEY] = []
+
+    def training_loss(self, model, images, masks, ctx):
+        if ctx.last_epoch and self.opt["prototype_pass"] == "after-training":
+            ctx.scratch[BATCHES_KEY].append((images, masks))
+        return super().training_loss(model, images, masks, ctx)
 
     def record_prototypes(self, features, masks, ctx):
-        ctx.scratch[IMAGE_MEANS_KEY].append(image_class_means(features, masks, self.num_classes))
+        if self.opt["prototype_pass"] == "last-epoch":
+            means = image_class_means(features, masks, self.num_classes)
+            ctx.scratch[IMAGE_MEANS_KEY].append(means)
+
+    @torch.no_grad()
+    def _pass_after_training(self, model, ctx):
+        """The image class means of the last epoch's batches, at the trained weights."""
+        training = model.training
+        model.eval()
+        for images, masks in ctx.scratch[BATCHES_KEY]:
+            features = model.taps.forward_with_levels(images).decoder[0]
+            means = image_class_means(features, masks, self.num_classes)
+            ctx.scratch[IMAGE_MEANS_KEY].append(means)
+        model.train(training)
 
     def end_local(self, model, ctx):
+        if self.opt["prototype_pass"] == "after-training":
+            self._pass_after_training(model, ctx)
         means, labels = zip(*ctx.scratch[IMAGE_MEANS_KEY], strict=True)
         local = cluster_class_rows(torch.cat(means), torch.cat(labels), self.num_classes)
         return {"protos": local["protos"], "labels": local["labels"]}

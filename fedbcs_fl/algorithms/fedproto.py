@@ -37,7 +37,10 @@ def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor, num_classes:
 class FedProto(PixelPrototypeAlgorithm):
     name = "fedproto"
     options: ClassVar[dict[str, Any]] = {
-        "lambda_proto": 1.0,  # weight of L_proto
+        "lambda_proto": 1.0,
+    }
+    option_help: ClassVar[dict[str, str]] = {
+        "lambda_proto": "weight of the class-balanced squared-distance penalty L_proto",
     }
 
     def prototype_loss(self, features, masks, ctx):

@@ -1,18 +1,28 @@
 """FedUV (Son et al. 2024): variance of the predictions and uniformity of the features.
 
-Client loss, per batch, with ``p = softmax(logits)`` over C classes::
+Client loss, per batch, with ``p = softmax(logits)`` over C classes and ``y`` the one-hot
+labels::
 
     L = (CE + soft Dice) / 2
-        + λ_var · mean_c ReLU(γ − sqrt(Var_pixels(p_c) + 1e-4)),   γ = 1/√C
+        + λ_var · mean_c ReLU(γ_c − s(p_c)),   s(v) = sqrt(Var_pixels(v) + 1e-4)
         + λ_uni · mean_{i<j} exp(−‖z_i − z_j‖² / σ)
 
-The variance is over every pixel of the batch (population variance, so one pixel is
-finite); the 1e-4 keeps the square root's gradient finite for a constant prediction.
+``γ_c`` is the spread that perfectly confident predictions reach on the batch: FedUV's
+classification target ``1/√C`` is the (unbiased) standard deviation of one-hot
+predictions over C samples, one per class; for segmentation it is
+``s(y_c) = sqrt(q_c(1 − q_c) + 1e-4)``, ``q_c`` the batch's fraction of class-c pixels
+(``variance_target`` ``labels``). ``balanced`` keeps ``1/√C``, which a probability's
+standard deviation (at most 0.5) never reaches for C = 2, so that hinge never switches
+off. Variances are over every pixel of the batch
+(population variance, so one pixel is finite); the 1e-4, on both sides, keeps the square
+root's gradient finite for a constant prediction.
+
 ``z`` are the pixel features (the last decoder block, ``[B·H·W, f]``), of which at most
 ``uniformity_samples`` are drawn without replacement by a generator seeded from the run's
 seed (its state kept in the client's persistent state, so a resumed run draws the same).
-``σ`` is the median of their pairwise squared distances, detached (so the term is
-scale-free and its gradient only moves the features).
+``σ`` is, as in the released code, the median of the non-zero pairwise squared distances,
+with its gradient (``uniformity_sigma`` ``released``); ``detached`` takes the median of
+all of them, zeros included, without gradient (this project before issue 14).
 
 Payload: none (weights only, both ways). Server: size-weighted FedAvg.
 
@@ -20,6 +30,8 @@ Options:
     lambda_variance: weight of the variance term (default 2.5).
     lambda_uniformity: weight of the uniformity term (default 0.5).
     uniformity_samples: most pixel features in the uniformity term (default 2048).
+    variance_target: ``labels`` (default) or ``balanced``, as above.
+    uniformity_sigma: ``released`` (default) or ``detached``, as above.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import math
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from ._features import build_tapped_unet
 from .base import Algorithm, LocalContext
@@ -36,35 +49,65 @@ from .base import Algorithm, LocalContext
 # its state (a tensor) from one finished round to the next.
 GENERATOR_KEY = "feduv/generator"
 GENERATOR_STATE_KEY = "feduv/generator_state"
+VARIANCE_EPS = 1e-4  # inside the square roots of the spreads
 
 
-def variance_term(logits: torch.Tensor) -> torch.Tensor:
-    """``mean_c ReLU(1/√C − sqrt(Var_pixels(softmax_c) + 1e-4))`` of ``[B, C, H, W]`` logits."""
+def _spread(values: torch.Tensor) -> torch.Tensor:
+    """``sqrt(Var + 1e-4)`` of each row of ``[C, N]`` values (population variance)."""
+    return torch.sqrt(values.var(dim=1, correction=0) + VARIANCE_EPS)
+
+
+def variance_term(logits: torch.Tensor, masks: torch.Tensor, target: str) -> torch.Tensor:
+    """``mean_c ReLU(γ_c − s(softmax_c))`` of ``[B, C, H, W]`` logits and ``[B, H, W]`` labels.
+
+    ``target`` ``labels``: ``γ_c = s(one-hot labels of class c)``, what a perfect prediction
+    reaches; ``balanced``: ``γ = 1/√C``.
+    """
     num_classes = logits.shape[1]
     probs = logits.softmax(dim=1).transpose(0, 1).reshape(num_classes, -1)
-    std = torch.sqrt(probs.var(dim=1, correction=0) + 1e-4)
-    return torch.relu(1 / math.sqrt(num_classes) - std).mean()
+    if target == "labels":
+        gamma = _spread(F.one_hot(masks.reshape(-1), num_classes).T.to(probs.dtype))
+    else:
+        gamma = 1 / math.sqrt(num_classes)
+    return torch.relu(gamma - _spread(probs)).mean()
 
 
-def uniformity_term(features: torch.Tensor) -> torch.Tensor:
-    """``mean_{i<j} exp(−‖z_i − z_j‖² / σ)`` of ``[N, D]`` features, σ the median of the
-    pairwise squared distances (detached); 0 for fewer than two features."""
+def uniformity_term(features: torch.Tensor, sigma: str) -> torch.Tensor:
+    """``mean_{i<j} exp(−‖z_i − z_j‖² / σ)`` of ``[N, D]`` features; 0 for fewer than two.
+
+    ``sigma`` ``released``: σ is the median of the non-zero squared distances, with its
+    gradient; ``detached``: the median of all of them, without.
+    """
     if features.shape[0] < 2:
         return features.new_zeros(())
-    sq_norm = (features**2).sum(1)
-    sq_dist = (sq_norm[:, None] + sq_norm[None, :] - 2 * features @ features.T).clamp_min(0)
-    rows, cols = torch.triu_indices(*sq_dist.shape, offset=1, device=features.device)
-    pairs = sq_dist[rows, cols]
-    sigma = pairs.detach().median().clamp_min(torch.finfo(pairs.dtype).tiny)
-    return torch.exp(-pairs / sigma).mean()
+    # Differences, not the Gram matrix: identical features give exactly 0.
+    pairs = torch.pdist(features).square()
+    if sigma == "released":
+        nonzero = pairs[pairs > 0]
+        scale = nonzero.median() if nonzero.numel() else pairs.new_ones(())
+    else:
+        scale = pairs.detach().median().clamp_min(torch.finfo(pairs.dtype).tiny)
+    return torch.exp(-pairs / scale).mean()
 
 
 class FedUV(Algorithm):
     name = "feduv"
     options: ClassVar[dict[str, Any]] = {
-        "lambda_variance": 2.5,  # weight of the prediction-variance hinge
-        "lambda_uniformity": 0.5,  # weight of the feature-uniformity term
-        "uniformity_samples": 2048,  # most pixel features in the uniformity term
+        "lambda_variance": 2.5,
+        "lambda_uniformity": 0.5,
+        "uniformity_samples": 2048,
+        "variance_target": "labels",
+        "uniformity_sigma": "released",
+    }
+    option_help: ClassVar[dict[str, str]] = {
+        "lambda_variance": "weight of the prediction-variance hinge",
+        "lambda_uniformity": "weight of the feature-uniformity potential",
+        "uniformity_samples": "most pixel features (sampled) in the uniformity term",
+        "variance_target": "labels: γ_c = spread of the one-hot labels of class c in the "
+        "batch, what a perfect prediction reaches; balanced: γ = 1/√C (the classification "
+        "original's, unreachable for 2 classes)",
+        "uniformity_sigma": "released: σ = median of the non-zero squared distances, with "
+        "gradient; detached: median of all, without",
     }
 
     def build_model(self):
@@ -84,8 +127,10 @@ class FedUV(Algorithm):
         features = pixels.permute(0, 2, 3, 1).reshape(-1, pixels.shape[1])
         count = min(int(self.opt["uniformity_samples"]), features.shape[0])
         chosen = torch.randperm(features.shape[0], generator=ctx.scratch[GENERATOR_KEY])[:count]
-        variance = variance_term(logits)
-        uniformity = uniformity_term(features[chosen.to(features.device)])
+        variance = variance_term(logits, masks, self.opt["variance_target"])
+        uniformity = uniformity_term(
+            features[chosen.to(features.device)], self.opt["uniformity_sigma"]
+        )
         ctx.log("feduv/variance", variance)
         ctx.log("feduv/uniformity", uniformity)
         return (

@@ -5,9 +5,11 @@ Three differences from FedAvg, no extra loss term:
 1. Model: an :class:`AmplitudeNormalization` layer before the UNet. It takes the 2-D FFT
    of each image channel, replaces the low-frequency amplitude (the centred
    ``(2b+1)×(2b+1)`` square of the shifted spectrum, ``b = ⌊ratio·size⌋``) by a running
-   mean held in a buffer, keeps the phase, and inverts the FFT. In training the buffer
-   tracks the mean amplitude of the client's batches (exponential moving average, set
-   from the first batch). The buffer is part of the weights.
+   mean held in a buffer, keeps the phase, and inverts the FFT. The released code calls
+   it with ``L = 0`` (ratio 0, our default): only the DC amplitude is swapped, which sets
+   each channel's mean intensity to the running one and keeps everything else. In
+   training the buffer tracks the mean amplitude of the client's batches (exponential
+   moving average, set from the first batch). The buffer is part of the weights.
 2. Client optimiser step (SAM-like weight perturbation): the gradient ``g`` at ``w``, a
    step to ``w + α·g/‖g‖`` (one norm over all parameters), the gradient there, back to
    ``w``, and the run's optimiser step with that gradient.
@@ -21,7 +23,8 @@ Payload: up, none (the buffer travels inside the weights); down, the frozen flag
 Options:
     alpha: radius of the weight perturbation (default 0.05).
     amplitude_ratio: half-side of the low-frequency square over the image side
-        (default 0.1, as the authors' code).
+        (default 0: the DC amplitude only, as the released code's ``L=0``; 0.1 swaps a
+        7×7 square at 32², 13×13 at 64², 77×77 at 384²).
     amplitude_momentum: momentum of the buffer's moving average (default 0.1).
 """
 
@@ -154,9 +157,15 @@ def perturb_weights(parameters, alpha: float) -> list[tuple[torch.Tensor, torch.
 class HarmoFL(Algorithm):
     name = "harmofl"
     options: ClassVar[dict[str, Any]] = {
-        "alpha": 0.05,  # radius of the weight perturbation
-        "amplitude_ratio": 0.1,  # half-side of the low-frequency square / image side
-        "amplitude_momentum": 0.1,  # moving-average momentum of the amplitude buffer
+        "alpha": 0.05,
+        "amplitude_ratio": 0.0,
+        "amplitude_momentum": 0.1,
+    }
+    option_help: ClassVar[dict[str, str]] = {
+        "alpha": "radius of the weight perturbation (0: plain optimiser steps)",
+        "amplitude_ratio": "half-side of the swapped low-frequency amplitude square over the "
+        "image side; 0 swaps the DC amplitude only, as the released code (L=0)",
+        "amplitude_momentum": "moving-average momentum of the amplitude buffer",
     }
 
     def build_model(self):

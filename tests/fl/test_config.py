@@ -43,3 +43,30 @@ def test_a_config_json_from_before_the_fidelity_settings_loads_as_it_ran():
     assert RunConfig.from_json(current.to_json()) == current
     fedavg = RunConfig.from_json(_written_before_fidelity(RunConfig(method="fedavg")))
     assert (fedavg.dice_loss_classes, fedavg.method_options) == ("foreground", {})
+
+
+def test_a_config_json_from_before_the_baseline_fixes_loads_with_the_old_defaults():
+    def written_before(config: RunConfig) -> str:
+        data = json.loads(config.to_json())
+        del data["method_defaults_version"]
+        return json.dumps(data)
+
+    old = {
+        "feduv": {"variance_target": "balanced", "uniformity_sigma": "detached"},
+        "harmofl": {"amplitude_ratio": 0.1},
+        "fedplvm": {"lambda_plvm": 1.0, "prototype_pass": "last-epoch"},
+    }
+    for method, options in old.items():
+        current = RunConfig(method=method).resolved()
+        loaded = RunConfig.from_json(written_before(current))
+        assert loaded == dataclasses.replace(current, method_options=options)
+        assert RunConfig.from_json(current.to_json()) == current
+    # Options the run set are kept.
+    chosen = RunConfig(method="harmofl", method_options={"alpha": 0.0, "amplitude_ratio": 0.2})
+    assert RunConfig.from_json(written_before(chosen)).method_options == {
+        "alpha": 0.0,
+        "amplitude_ratio": 0.2,
+    }
+    for method in ("fedavg", "fedproto", "fedcontrast"):  # nothing of theirs changed
+        current = RunConfig(method=method).resolved()
+        assert RunConfig.from_json(written_before(current)) == current

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fedbcs_fl.aggregation import cluster_class_rows
 from fedbcs_fl.algorithms.base import ClientUpdate
 from fedbcs_fl.algorithms.fedplvm import image_class_means
 
@@ -26,7 +27,7 @@ def test_image_class_means_equal_a_loop():
 
 
 def test_local_clusters_of_per_image_class_means():
-    method = tiny_algorithm("fedplvm")
+    method = tiny_algorithm("fedplvm", prototype_pass="last-epoch")
     ctx = context()
     method.begin_local(None, ctx)
     # Five 1×2 images, D = 2: pixel 0 background [1, 1], pixel 1 foreground, whose
@@ -41,6 +42,60 @@ def test_local_clusters_of_per_image_class_means():
     expected = torch.stack([torch.ones(2), foreground[:2].mean(0), foreground[2:4].mean(0)])
     torch.testing.assert_close(payload["protos"], expected)
     assert method.count_prototypes(payload) == 3 and ctx.state == {}
+
+
+def _train_one_epoch(method, batches):
+    """Local training by hand: the payload, and the image class means of the training
+    steps' features and of the trained model's."""
+    torch.manual_seed(0)
+    model = method.build_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    ctx = context()
+    method.begin_local(model, ctx)
+    during = []
+    for images, masks in batches:
+        optimizer.zero_grad()
+        method.training_loss(model, images, masks, ctx).backward()
+        with torch.no_grad():
+            during.append(
+                image_class_means(model.taps.forward_with_levels(images).decoder[0], masks, 2)
+            )
+        optimizer.step()
+    payload = method.end_local(model, ctx)
+    with torch.no_grad():
+        after = [
+            image_class_means(model.taps.forward_with_levels(i).decoder[0], m, 2)
+            for i, m in batches
+        ]
+    return payload, during, after
+
+
+def _clustered(image_means):
+    means, labels = zip(*image_means, strict=True)
+    return cluster_class_rows(torch.cat(means), torch.cat(labels), 2)
+
+
+def test_prototypes_come_from_a_pass_after_training_or_from_the_last_epoch():
+    gen = torch.Generator().manual_seed(3)
+    batches = [
+        (
+            torch.rand(2, 3, 32, 32, generator=gen),
+            (torch.rand(2, 32, 32, generator=gen) > 0.6).long(),
+        )
+        for _ in range(3)
+    ]
+    payload, during, after = _train_one_epoch(tiny_algorithm("fedplvm"), batches)
+    expected = _clustered(after)  # as released: the trained model, over the same batches
+    torch.testing.assert_close(payload["protos"], expected["protos"])
+    assert torch.equal(payload["labels"], expected["labels"])
+    from_steps = _clustered(during)["protos"]  # the weights moved after each step
+    assert from_steps.shape != expected["protos"].shape or not torch.allclose(
+        from_steps, expected["protos"], atol=1e-3
+    )
+
+    method = tiny_algorithm("fedplvm", prototype_pass="last-epoch")
+    payload, during, _ = _train_one_epoch(method, batches)
+    torch.testing.assert_close(payload["protos"], _clustered(during)["protos"])
 
 
 def _naive(features, masks, payload, tau, alpha):
@@ -59,8 +114,8 @@ def _naive(features, masks, payload, tau, alpha):
     return loss_alpha, 2 * ((1 - to_mean) ** 2).mean()
 
 
-@pytest.mark.parametrize("one_class", [False, True])
-def test_loss_matches_naive_formula_at_tiny_tau(one_class):
+@pytest.mark.parametrize("one_class, weight", [(False, None), (True, 3.0)])
+def test_loss_matches_naive_formula_at_tiny_tau(one_class, weight):
     tau, alpha = 0.005, 0.25
     gen = torch.Generator().manual_seed(2)
     features = torch.randn(2, 4, 3, 3, generator=gen)
@@ -74,13 +129,15 @@ def test_loss_matches_naive_formula_at_tiny_tau(one_class):
     if one_class:  # no client sent class 1
         payload["protos"], payload["labels"] = payload["protos"][:2], payload["labels"][:2]
         payload["mean_present"] = torch.tensor([True, False])
-    method = tiny_algorithm("fedplvm", tau=tau, lambda_plvm=3.0)
+    options = {} if weight is None else {"lambda_plvm": weight}
+    method = tiny_algorithm("fedplvm", tau=tau, **options)
     ctx = context(payload)
     loss = method.prototype_loss(features, masks, ctx)
     loss_alpha, loss_corr = _naive(features, masks, payload, tau, alpha)
     assert ctx.logs["fedplvm/alpha"] == pytest.approx(loss_alpha.item(), rel=1e-4, abs=1e-6)
     assert ctx.logs["fedplvm/corr"] == pytest.approx(loss_corr.item(), rel=1e-5)
-    assert loss.item() == pytest.approx(3 * (loss_alpha + loss_corr).item(), rel=1e-4)
+    weight = 100 if weight is None else weight  # the released code's λ by default
+    assert loss.item() == pytest.approx(weight * (loss_alpha + loss_corr).item(), rel=1e-4)
 
 
 def test_server_clusters_again_with_an_absent_class_and_one_client():

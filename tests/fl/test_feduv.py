@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fedbcs_fl.algorithms.base import LocalContext
 from fedbcs_fl.algorithms.feduv import uniformity_term, variance_term
@@ -14,69 +15,100 @@ from fedbcs_fl.simulation import Simulation
 from .._tiny import tiny_algorithm, tiny_config, tiny_sites
 
 
-def _naive_variance(logits):
+def _naive_variance(logits, masks, target):
     batch, classes, height, width = logits.shape
     probs = logits.double().softmax(dim=1)
+    pixels = [(b, i, j) for b in range(batch) for i in range(height) for j in range(width)]
+
+    def spread(values):
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values) + 1e-4)
+
     total = 0.0
     for c in range(classes):
-        values = [
-            probs[b, c, i, j].item()
-            for b in range(batch)
-            for i in range(height)
-            for j in range(width)
-        ]
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / len(values)
-        total += max(0.0, 1 / math.sqrt(classes) - math.sqrt(var + 1e-4))
+        labels = [float(masks[p].item() == c) for p in pixels]
+        gamma = spread(labels) if target == "labels" else 1 / math.sqrt(classes)
+        total += max(0.0, gamma - spread([probs[b, c, i, j].item() for b, i, j in pixels]))
     return total / classes
 
 
-def _naive_uniformity(features):
-    rows = features.double().tolist()
-    sq = [
-        sum((a - b) ** 2 for a, b in zip(rows[i], rows[j], strict=True))
-        for i in range(len(rows))
-        for j in range(i + 1, len(rows))
-    ]
-    sigma = sorted(sq)[(len(sq) - 1) // 2]
-    return sum(math.exp(-d / sigma) for d in sq) / len(sq)
+def _naive_uniformity(features, sigma):
+    """The potential from a loop over pairs, differentiable; ``sigma`` as the option."""
+    count = features.shape[0]
+    pairs = [((features[i] - features[j]) ** 2).sum() for i in range(count) for j in range(i)]
+    if sigma == "released":  # the median of the non-zero ones, with its gradient
+        nonzero = sorted((p for p in pairs if p.item() > 0), key=lambda p: p.item())
+        scale = nonzero[(len(nonzero) - 1) // 2]
+    else:
+        scale = sorted(p.item() for p in pairs)[(len(pairs) - 1) // 2]
+    return torch.stack([torch.exp(-p / scale) for p in pairs]).mean()
 
 
-def test_variance_term_matches_loop():
+@pytest.mark.parametrize("target", ["labels", "balanced"])
+def test_variance_term_matches_loop(target):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 4, 5, generator=gen)
-    assert variance_term(logits).item() == pytest.approx(_naive_variance(logits), rel=1e-5)
+    masks = torch.randint(0, 3, (2, 4, 5), generator=gen)
+    value = variance_term(logits, masks, target)
+    assert value.item() == pytest.approx(_naive_variance(logits, masks, target), rel=1e-5)
     # A class never predicted anywhere (and a constant prediction): finite, no NaN gradient.
     constant = torch.zeros(2, 3, 4, 5)
     constant[:, 0] = 10.0
     constant.requires_grad_(True)
-    value = variance_term(constant)
-    assert value.item() == pytest.approx(_naive_variance(constant.detach()), rel=1e-5)
-    assert value.item() == pytest.approx(1 / math.sqrt(3) - 0.01, rel=1e-3)
+    value = variance_term(constant, masks, target)
+    assert value.item() == pytest.approx(_naive_variance(constant.detach(), masks, target))
     value.backward()
     assert torch.isfinite(constant.grad).all()
 
 
-def test_uniformity_term_matches_loop():
+def test_variance_hinge_is_off_at_a_perfect_prediction_only_with_the_labels_target():
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(2, 8, 8, generator=gen) > 0.7).long()  # about 30 % foreground
+    perfect = 30.0 * (2 * F.one_hot(masks, 2).permute(0, 3, 1, 2).float() - 1)
+    assert variance_term(perfect, masks, "labels").item() == 0.0
+    # 1/√2 lies above every probability's spread: the hinge stays on, here about 0.26.
+    q = masks.float().mean().item()
+    expected = 1 / math.sqrt(2) - math.sqrt(q * (1 - q) + 1e-4)
+    assert variance_term(perfect, masks, "balanced").item() == pytest.approx(expected, rel=1e-4)
+    assert expected > 0.2
+    # Short of perfect, the labels target still asks for more spread.
+    assert variance_term(perfect / 30, masks, "labels").item() > 0
+
+
+def test_uniformity_sigma_released_has_a_gradient_and_skips_zero_distances():
     gen = torch.Generator().manual_seed(1)
-    features = torch.randn(7, 4, generator=gen)  # 21 pairs: an unambiguous median
-    features[6] = features[5]  # a duplicated pixel feature: distance 0
+    features = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    features[3:] = features[2]  # four equal rows: 6 of the 15 distances are 0
     features.requires_grad_(True)
-    value = uniformity_term(features)
-    assert value.item() == pytest.approx(_naive_uniformity(features.detach()), rel=1e-5)
+    gradients = {}
+    for sigma in ("released", "detached"):
+        value = uniformity_term(features, sigma)
+        naive = _naive_uniformity(features, sigma)
+        assert value.item() == pytest.approx(naive.item(), rel=1e-10)
+        (gradients[sigma],) = torch.autograd.grad(value, features)
+        (expected,) = torch.autograd.grad(naive, features)
+        torch.testing.assert_close(gradients[sigma], expected)
+    # Zeros in the median, or σ without gradient, give another potential and gradient.
+    assert uniformity_term(features, "released") != uniformity_term(features, "detached")
+    assert not torch.allclose(gradients["released"], gradients["detached"])
+
+
+def test_uniformity_of_degenerate_features():
+    assert uniformity_term(torch.randn(1, 4), "released").item() == 0.0
+    same = torch.ones(5, 3, requires_grad=True)  # no non-zero distance: every pair is e^0
+    value = uniformity_term(same, "released")
     value.backward()
-    assert torch.isfinite(features.grad).all()
-    # σ is detached: the gradient is that of exp(−d/σ) with σ a constant.
-    sigma = torch.tensor(sorted(torch.pdist(features.detach()).pow(2).tolist())[10])
-    fixed = torch.exp(-torch.pdist(features).pow(2) / sigma).mean()
-    (expected,) = torch.autograd.grad(fixed, features)
-    torch.testing.assert_close(features.grad, expected)
-    assert uniformity_term(torch.randn(1, 4)).item() == 0.0
+    assert value.item() == 1.0 and torch.equal(same.grad, torch.zeros(5, 3))
 
 
-def test_training_loss_samples_reproducibly():
+@pytest.mark.parametrize(
+    "options", [{}, {"variance_target": "balanced", "uniformity_sigma": "detached"}]
+)
+def test_training_loss_samples_reproducibly(options):
+    target = options.get("variance_target", "labels")
+    sigma = options.get("uniformity_sigma", "released")
     torch.manual_seed(0)
-    algorithm = tiny_algorithm("feduv", uniformity_samples=16)
+    algorithm = tiny_algorithm("feduv", uniformity_samples=16, **options)
     model = algorithm.build_model()
     images = torch.rand(2, 3, 32, 32)
     masks = torch.zeros(2, 32, 32, dtype=torch.long)  # foreground absent on this client
@@ -93,7 +125,8 @@ def test_training_loss_samples_reproducibly():
         assert set(state) == {"feduv/generator_state"}  # tensors only: checkpointable
 
         chosen = torch.randperm(2 * 32 * 32, generator=generator)[:16]
-        variance, uniformity = variance_term(logits), uniformity_term(features[chosen])
+        variance = variance_term(logits, masks, target)
+        uniformity = uniformity_term(features[chosen], sigma)
         expected = segmentation_loss(logits, masks) + 2.5 * variance + 0.5 * uniformity
         torch.testing.assert_close(loss, expected)
         assert ctx.logs["feduv/variance"] == pytest.approx(variance.item())
@@ -108,7 +141,7 @@ def test_two_rounds_end_to_end_and_resumed(tmp_path):
     assert len(history) == 2 and math.isfinite(history[-1]["mean_dice"])
     for metrics in history[-1]["client_metrics"].values():
         assert math.isfinite(metrics["loss"])
-        assert 0 < metrics["feduv/uniformity"] < 1 and metrics["feduv/variance"] > 0
+        assert 0 < metrics["feduv/uniformity"] < 1 and metrics["feduv/variance"] >= 0
 
     # Stopped after round 1 and resumed from its checkpoint: the sampling continues.
     Simulation(replace(config, rounds=1), sites, out_dir=tmp_path, progress=False).run()

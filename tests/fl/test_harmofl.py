@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.algorithms.base import ClientUpdate, LocalContext
 from fedbcs_fl.algorithms.harmofl import (
     AMPLITUDE_KEY,
@@ -17,6 +18,8 @@ from fedbcs_fl.algorithms.harmofl import (
     low_frequency_amplitude,
     swap_low_frequency_amplitude,
 )
+from fedbcs_fl.cli import build_parser, config_from_args
+from fedbcs_fl.compare import parse_spec
 from fedbcs_fl.losses import segmentation_loss
 from fedbcs_fl.simulation import Simulation
 
@@ -71,6 +74,37 @@ def test_amplitude_layer_tracks_then_stops():
         layer(torch.rand(1, 3, 16, 16))
 
 
+def test_the_default_swaps_the_dc_amplitude_only_and_the_box_option_more():
+    """As the released code (``L=0``): each channel's mean becomes the buffer's, and the
+    rest of the image is kept; ``amplitude_ratio=0.1`` also swaps the low frequencies."""
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(2, 3, 32, 32, generator=gen, dtype=torch.float64)
+    style = 2 * torch.rand(4, 3, 32, 32, generator=gen, dtype=torch.float64)
+    for ratio, side in ((None, 1), (0.1, 7)):
+        options = {} if ratio is None else {"amplitude_ratio": ratio}
+        model = tiny_algorithm("harmofl", **options).build_model().double()
+        assert model.amplitude_norm.running_amplitude.shape == (3, side, side)
+        model.amplitude_norm(style)  # the buffer starts from this batch
+        out = model.amplitude_norm.eval()(images)
+        style_means = style.mean(dim=(0, 2, 3)).view(1, 3, 1, 1).expand(2, -1, -1, -1)
+        torch.testing.assert_close(out.mean(dim=(2, 3), keepdim=True), style_means)
+        detail = out - out.mean(dim=(2, 3), keepdim=True)
+        same = torch.allclose(detail, images - images.mean(dim=(2, 3), keepdim=True))
+        assert same == (side == 1)
+
+
+def test_the_box_is_one_spec_away():
+    """``harmofl/alpha=0`` is FedAvg with the released amplitude layer (paper Fig. 4b);
+    ``harmofl/alpha=0/amplitude_ratio=0.1`` the same with this project's former box."""
+    for spec, side in (("harmofl/alpha=0", 1), ("harmofl/alpha=0/amplitude_ratio=0.1", 7)):
+        name, changes = parse_spec(spec)
+        argv = ["train", "--method", name, *changes, "--image-size", "32"]
+        config = config_from_args(build_parser().parse_args(argv))
+        model = build_algorithm(config, 3, 2).build_model()
+        assert model.amplitude_norm.running_amplitude.shape == (3, side, side)
+        assert config.method_options["alpha"] == 0
+
+
 def test_perturbed_pass_does_not_track_the_batch_again():
     torch.manual_seed(0)
     algorithm = tiny_algorithm("harmofl", amplitude_momentum=0.5)
@@ -81,7 +115,7 @@ def test_perturbed_pass_does_not_track_the_batch_again():
     masks = (torch.rand(2, 32, 32) > 0.7).long()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     algorithm.optimizer_step(model, optimizer, lambda: segmentation_loss(model(images), masks))
-    expected = 0.5 + 0.5 * low_frequency_amplitude(images, 3).mean(0)  # one update, not two
+    expected = 0.5 + 0.5 * low_frequency_amplitude(images, 0).mean(0)  # one update, not two
     torch.testing.assert_close(model.amplitude_norm.running_amplitude, expected)
     assert model.amplitude_norm.tracking
 
@@ -150,7 +184,7 @@ def test_two_rounds_end_to_end_and_resumed(tmp_path, num_sites):
     history = simulation.run()
     assert len(history) == 2 and math.isfinite(history[-1]["mean_dice"])
     assert all(math.isfinite(m["loss"]) for m in history[-1]["client_metrics"].values())
-    assert amplitudes[0].shape == (3, 7, 7) and (amplitudes[0] > 0).all()
+    assert amplitudes[0].shape == (3, 1, 1) and (amplitudes[0] > 0).all()
     assert torch.equal(amplitudes[0], amplitudes[1])  # frozen after the first round
     for client in simulation.clients:  # and the clients stopped tracking it
         assert torch.equal(client.model.state_dict()[AMPLITUDE_KEY], amplitudes[0])

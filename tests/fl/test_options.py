@@ -43,3 +43,20 @@ def test_bad_option_stops_the_build():
     config = RunConfig(method="moon", method_options={"tau": -0.5}).resolved()
     with pytest.raises(ValueError, match=r"tau must be in \(0, inf\); got -0.5"):
         build_algorithm(config)
+
+
+def test_option_help_explains_declared_options_and_reaches_train_help(capsys):
+    from fedbcs_fl.cli import build_parser
+
+    for cls in all_algorithms().values():
+        assert set(cls.option_help) <= set(cls.options), cls.name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for phrase in (
+        "--lambda-proto LAMBDA_PROTO fedproto: weight of the class-balanced",
+        "--lambda-variance LAMBDA_VARIANCE feduv: weight of the prediction-variance hinge "
+        "(default 2.5)",
+        "--amplitude-ratio AMPLITUDE_RATIO harmofl: half-side of the swapped low-frequency",
+    ):
+        assert phrase in text
