@@ -100,7 +100,7 @@ def test_the_box_is_one_spec_away():
         name, changes = parse_spec(spec)
         argv = ["train", "--method", name, *changes, "--image-size", "32"]
         config = config_from_args(build_parser().parse_args(argv))
-        model = build_algorithm(config, 3, 2).build_model()
+        model = build_algorithm(config).build_model()
         assert model.amplitude_norm.running_amplitude.shape == (3, side, side)
         assert config.method_options["alpha"] == 0
 

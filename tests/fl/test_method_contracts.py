@@ -317,7 +317,7 @@ def test_zero_weights_train_the_fedavg_model(name, zero):
 
     def two_rounds(method_name: str, options: dict) -> dict[str, torch.Tensor]:
         config = tiny_config(method_name, weight_decay=0.0, method_options=options)
-        fed = federation(build_algorithm(config, 3, 2), model_of=method(name))
+        fed = federation(build_algorithm(config), model_of=method(name))
         fed.round()
         fed.round()
         return fed.weights
