@@ -11,8 +11,8 @@ A round record, one line of ``metrics.jsonl``, has
 - ``round``, ``clients`` (who was asked), ``aggregated`` (whose replies were used),
   ``faults`` (client → why it sent no reply) and ``rejected`` (client → why screening
   refused its reply);
-- per client that replied: ``client_metrics``, ``prototypes_uploaded`` (paper Table 3)
-  and ``bytes_up`` (weights + payload);
+- per client whose reply passed screening: ``client_metrics``, ``prototypes_uploaded``
+  (paper Table 3) and ``bytes_up`` (weights + payload); a rejected reply is not read;
 - ``bytes_down``: the global weights and payload each client was sent;
 - on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site and their ``mean_*``;
 - ``seconds``.
@@ -83,10 +83,13 @@ def aggregate_round(
         "aggregated": [name for name, _ in accepted],
         "faults": faults,
         "rejected": rejected,
-        "client_metrics": {name: u.metrics for name, u in replies},
-        "prototypes_uploaded": {name: algorithm.count_prototypes(u.payload) for name, u in replies},
+        # Only screened replies are read: a rejected one may hold anything.
+        "client_metrics": {name: u.metrics for name, u in accepted},
+        "prototypes_uploaded": {
+            name: algorithm.count_prototypes(u.payload) for name, u in accepted
+        },
         "bytes_up": {
-            name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in replies
+            name: tensor_bytes(u.weights) + tensor_bytes(u.payload) for name, u in accepted
         },
         "bytes_down": tensor_bytes(global_weights) + tensor_bytes(global_payload),
     }

@@ -132,19 +132,24 @@ def _flower_task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
+def _client_context(config, partition: int) -> Context:
+    """The Context a SuperNode gives the ClientApp of ``partition`` in run 1."""
+    return Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": partition},
+        state=RecordDict(),
+        run_config=to_run_config(config),
+    )
+
+
 def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch, eval_batch_sizes):
     _flower_task_identity(monkeypatch)
     config = tiny_config("fedavg", eval_batch_size=2)
     model = build_algorithm(config).build_model()
     weights = ArrayRecord(torch_state_dict=model.state_dict())
     message = Message(RecordDict({"arrays": weights}), dst_node_id=1, message_type="evaluate")
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0},
-        state=RecordDict(),
-        run_config=to_run_config(config),
-    )
+    context = _client_context(config, 0)
     seen = eval_batch_sizes
     reply = client_app.evaluate(message, context)
     assert seen == [2] and reply.content["metrics"]["num-examples"] == 3
@@ -191,13 +196,7 @@ def test_the_client_app_trains_the_model_its_source_declares(three_class_source,
         }
     )
     message = Message(content, dst_node_id=1, message_type="train")
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 1},
-        state=RecordDict(),
-        run_config=to_run_config(config),
-    )
+    context = _client_context(config, 1)
     reply = client_app.train(message, context)  # loads the weights into the model it built
     weights = reply.content.array_records[WEIGHTS_KEY].to_torch_state_dict()
     assert first_conv_and_head(weights) == (1, 3)
