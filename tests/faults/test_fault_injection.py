@@ -139,7 +139,7 @@ def test_bad_fault_spec():
 
 PROTOTYPE_METHODS = prototype_methods()
 NO_PROTOTYPES = [
-    *((name, {}) for name in METHODS if name not in PROTOTYPE_METHODS),
+    *(pytest.param(name, {}, id=name) for name in METHODS if name not in PROTOTYPE_METHODS),
     pytest.param("fedbcs", {"cdpa": False}, id="fedbcs-no-cdpa"),
 ]
 

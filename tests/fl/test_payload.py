@@ -81,7 +81,7 @@ def test_the_prototype_methods_declare_their_prototypes():
 # ---- honest replies keep their method's declaration -----------------------------------
 
 HONEST = [
-    *((name, {}) for name in METHODS),
+    *(pytest.param(name, {}, id=name) for name in METHODS),
     pytest.param("fedbcs", {"cdpa": False}, id="fedbcs-no-cdpa"),
     pytest.param("fedbcs", {"fusion": "adjacent"}, id="fedbcs-adjacent"),
 ]
