@@ -11,6 +11,10 @@ round means every round). Kinds:
   ``missing_key``, ``extra_key``, ``wrong_shape``, ``wrong_dtype``, ``zero_examples``,
   ``huge_examples``, ``bad_proto_dim``, ``scaled`` (the update times 1000: a norm outlier).
 
+The prototype drills (``proto_nan``, ``bad_proto_dim``) corrupt the rows of the first
+prototype set the method declares (``Algorithm.uploads``, :mod:`fedbcs_fl.payload`); for a
+method that uploads none they are an error when the drill is read, before training.
+
 ``FEDBCS_KILL_AT=ROUND:PHASE`` makes the process SIGKILL itself at ``local`` (after the
 first local step of the round), ``aggregate`` or ``checkpoint`` (checkpoint written to
 its temporary file, not yet renamed): the crash test's switch.
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .algorithms.base import ClientUpdate
+from .algorithms.base import Algorithm, ClientUpdate
+from .payload import PrototypeSet, prototype_sets
 
 BEFORE_TRAINING = ("raise", "dropout", "timeout")
 DURING_TRAINING = ("raise_mid_round",)
@@ -44,6 +49,7 @@ ON_REPLY = (
     "scaled",
 )
 KINDS = BEFORE_TRAINING + DURING_TRAINING + ON_REPLY
+PROTOTYPE_KINDS = ("proto_nan", "bad_proto_dim")
 KILL_PHASES = ("local", "aggregate", "checkpoint")
 
 
@@ -58,7 +64,13 @@ class Fault:
     round: int | None  # None: every round
 
 
-def parse_faults(text: str | None) -> list[Fault]:
+def parse_faults(text: str | None, algorithm: Algorithm) -> list[Fault]:
+    """The faults of ``text`` (see the module docstring) for a run of ``algorithm``.
+
+    Raises:
+        ValueError: an entry cannot be read, names an unknown kind, or drills prototypes
+            that ``algorithm`` does not upload.
+    """
     if not text:
         return []
     faults = []
@@ -71,15 +83,22 @@ def parse_faults(text: str | None) -> list[Fault]:
             raise ValueError(f"cannot read fault {item!r}: use CLIENT:KIND@ROUND") from None
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; valid: {', '.join(KINDS)}")
+        if kind in PROTOTYPE_KINDS and not prototype_sets(algorithm.uploads):
+            raise ValueError(
+                f"fault kind {kind!r} corrupts uploaded prototypes, and {algorithm.name} "
+                "uploads none with these options"
+            )
         faults.append(Fault(client, kind, round_index))
     return faults
 
 
 class FaultInjector:
-    """Applies the faults of ``spec`` (see the module docstring)."""
+    """Applies the faults of ``spec`` (see the module docstring) to a run of ``algorithm``."""
 
-    def __init__(self, spec: str | None, hang_seconds: float = 0.0):
-        self.faults = parse_faults(spec)
+    def __init__(self, spec: str | None, algorithm: Algorithm, hang_seconds: float = 0.0):
+        self.faults = parse_faults(spec, algorithm)
+        # The prototypes the prototype drills corrupt: None when the method sends none.
+        self.prototypes = next(iter(prototype_sets(algorithm.uploads)), None)
         self.hang_seconds = hang_seconds
 
     def kinds(self, client: str, round_index: int) -> list[str]:
@@ -104,7 +123,7 @@ class FaultInjector:
     def corrupt(self, client: str, round_index: int, update: ClientUpdate) -> ClientUpdate:
         for kind in self.kinds(client, round_index):
             if kind in ON_REPLY:
-                update = _corrupt(update, kind)
+                update = _corrupt(update, kind, self.prototypes)
         return update
 
 
@@ -112,7 +131,7 @@ def _first_float(tensors):
     return next(k for k, v in tensors.items() if v.is_floating_point() and v.numel())
 
 
-def _corrupt(update: ClientUpdate, kind: str) -> ClientUpdate:
+def _corrupt(update: ClientUpdate, kind: str, prototypes: PrototypeSet | None) -> ClientUpdate:
     weights = dict(update.weights)
     payload = dict(update.payload)
     count = update.num_examples
@@ -121,9 +140,8 @@ def _corrupt(update: ClientUpdate, kind: str) -> ClientUpdate:
         weights[key] = weights[key].clone()
         weights[key].view(-1)[0] = float(kind)
     elif kind == "proto_nan":
-        proto = next(k for k in payload if k.startswith("protos/"))
-        payload[proto] = payload[proto].clone()
-        payload[proto].view(-1)[0] = float("nan")
+        payload[prototypes.rows] = payload[prototypes.rows].clone()
+        payload[prototypes.rows].view(-1)[0] = float("nan")
     elif kind == "missing_key":
         del weights[key]
     elif kind == "extra_key":
@@ -137,8 +155,8 @@ def _corrupt(update: ClientUpdate, kind: str) -> ClientUpdate:
     elif kind == "huge_examples":
         count = 10**12
     elif kind == "bad_proto_dim":
-        proto = next(k for k in payload if k.startswith("protos/"))
-        payload[proto] = torch.zeros(payload[proto].shape[0], payload[proto].shape[1] + 1)
+        rows = payload[prototypes.rows]
+        payload[prototypes.rows] = torch.zeros(rows.shape[0], rows.shape[1] + 1)
     elif kind == "scaled":
         weights = {k: v * 1000 if v.is_floating_point() else v for k, v in weights.items()}
     return dataclasses.replace(update, weights=weights, payload=payload, num_examples=count)

@@ -76,7 +76,7 @@ def aggregate_round(
         global_payload: the payload the clients were sent.
         policy: the screening thresholds.
     """
-    accepted, rejected = screen_updates(algorithm, replies, global_weights, global_payload, policy)
+    accepted, rejected = screen_updates(algorithm, replies, global_weights, policy)
     record = {
         "round": round_index,
         "clients": clients,

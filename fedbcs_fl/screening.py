@@ -6,26 +6,31 @@ and the round aggregates the others. Both engines (simulator, Flower) call
 :func:`screen_updates`.
 
 Rejected when a reply has
-- NaN or Inf anywhere (weights, payload, metrics);
 - a missing or extra parameter key, or a wrong shape or dtype;
+- NaN or Inf anywhere (weights, payload, metrics), or a metric that is not a number;
+- a payload that breaks its method's declaration (``Algorithm.uploads``,
+  :func:`~fedbcs_fl.payload.payload_problem`): an undeclared or a missing key, a value
+  that is not a tensor of the declared dtype and shape, prototypes of another width than
+  the method's or whose class ids do not match the rows or lie outside [0, K), step counts
+  (FedContrast's local progress, whose ratio weighs the update) that are not
+  0 < done ≤ scheduled;
 - a non-positive or absurd example count;
-- prototypes of the wrong dimension, or class ids outside [0, K);
-- a ``steps`` payload (FedContrast's local progress) that is not (done, scheduled)
-  integers with 0 < done ≤ scheduled: its ratio weighs the update in aggregation;
 - an update norm ‖w_k − w_global‖ above ``norm_factor`` × the median of the other
   clients' (only with at least ``norm_min_clients`` clients; off for 2).
+
+Screening never raises, whatever a reply holds: a malformed reply is a rejected one.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from .algorithms.base import Algorithm, ClientUpdate
+from .payload import payload_problem
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,8 @@ def _nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
 
 
 def _structure_problem(weights, reference) -> str | None:
-    missing = sorted(set(reference) - set(weights))
-    extra = sorted(set(weights) - set(reference))
+    missing = sorted(set(reference) - set(weights), key=str)
+    extra = sorted(set(weights) - set(reference), key=str)
     if missing:
         return f"missing parameter {missing[0]}" + (
             f" (+{len(missing) - 1})" if missing[1:] else ""
@@ -71,39 +76,14 @@ def _structure_problem(weights, reference) -> str | None:
     return None
 
 
-def _prototype_dims(algorithm: Algorithm, updates, global_payload) -> dict[str, int]:
-    """The expected width of each prototype key: the global payload's, else the majority's."""
-    dims = {}
-    for key in algorithm.prototype_keys:
-        if key in global_payload and global_payload[key].ndim == 2:
-            dims[key] = global_payload[key].shape[1]
-            continue
-        widths = Counter(
-            u.payload[key].shape[1]
-            for u in updates
-            if key in u.payload and u.payload[key].ndim == 2
-        )
-        if widths:
-            dims[key] = widths.most_common(1)[0][0]
-    return dims
-
-
-def _payload_problem(algorithm: Algorithm, payload, dims) -> str | None:
-    for key, width in dims.items():
-        if key not in payload:
-            continue
-        value = payload[key]
-        if value.ndim != 2 or value.shape[1] != width:
-            return f"prototypes {key} have shape {tuple(value.shape)}, expected [n, {width}]"
-    for key, value in payload.items():
-        if not key.startswith("labels/") or not value.numel():
-            continue
-        if value.is_floating_point() or value.min() < 0 or value.max() >= algorithm.num_classes:
-            return f"{key} holds class ids outside [0, {algorithm.num_classes})"
-    if "steps" in payload:
-        steps = payload["steps"]
-        if steps.shape != (2,) or steps.is_floating_point() or not 0 < steps[0] <= steps[1]:
-            return f"steps {steps.tolist()} are not (done, scheduled) with 0 < done ≤ scheduled"
+def _metrics_problem(metrics) -> str | None:
+    if not isinstance(metrics, dict):
+        return f"metrics are a {type(metrics).__name__}, not a dict of numbers"
+    for name, value in metrics.items():
+        if not isinstance(value, int | float):
+            return f"metric {name!r} is a {type(value).__name__}, not a number"
+    if not all(math.isfinite(v) for v in metrics.values()):
+        return "non-finite metrics"
     return None
 
 
@@ -119,28 +99,24 @@ def screen_updates(
     algorithm: Algorithm,
     updates: list[tuple[str, ClientUpdate]],
     global_weights: dict[str, torch.Tensor],
-    global_payload: dict[str, torch.Tensor],
     policy: ScreeningPolicy = ScreeningPolicy(),
 ) -> tuple[list[tuple[str, ClientUpdate]], dict[str, str]]:
     """Split ``(client, update)`` pairs into the accepted ones and ``{client: reason}``."""
     rejected: dict[str, str] = {}
-    dims = _prototype_dims(algorithm, [u for _, u in updates], global_payload)
     survivors = []
     for client, update in updates:
         reason = _structure_problem(update.weights, global_weights)
         if reason is None and (key := _nonfinite(update.weights)) is not None:
             reason = f"non-finite values in {key}"
-        if reason is None and (key := _nonfinite(update.payload)) is not None:
-            reason = f"non-finite values in payload {key}"
-        if reason is None and not all(math.isfinite(v) for v in update.metrics.values()):
-            reason = "non-finite metrics"
+        if reason is None:
+            reason = payload_problem(update.payload, algorithm)
+        if reason is None:
+            reason = _metrics_problem(update.metrics)
         count = update.num_examples
         if reason is None and (not isinstance(count, int) or count <= 0):
             reason = f"example count {count!r} is not a positive integer"
         if reason is None and count > policy.max_examples:
             reason = f"example count {count} exceeds the maximum {policy.max_examples}"
-        if reason is None:
-            reason = _payload_problem(algorithm, update.payload, dims)
         if reason is None:
             survivors.append((client, update))
         else:

@@ -82,14 +82,16 @@ class Simulation:
         self.device = torch.device(self.config.device)
         torch.manual_seed(self.config.seed)  # model initialisation
         self.algorithm: Algorithm = build_algorithm(self.config)
+        self.faults = FaultInjector(  # a drill the method cannot run stops here
+            self.config.inject_faults,
+            self.algorithm,
+            hang_seconds=2 * (self.config.client_timeout or 0),
+        )
         self.global_model = self.algorithm.build_model().to(self.device)
         self.global_weights = model_weights(self.global_model)
         self.global_payload: dict[str, torch.Tensor] = {}
         self.clients = [self._client(i, site) for i, site in enumerate(sites)]
         self.selection_rng = np.random.default_rng(self.config.seed)
-        self.faults = FaultInjector(
-            self.config.inject_faults, hang_seconds=2 * (self.config.client_timeout or 0)
-        )
         self.policy = ScreeningPolicy(
             max_examples=self.config.screen_max_examples,
             norm_factor=self.config.screen_norm_factor,

@@ -7,14 +7,17 @@ a test overrides only the fields it is about. The synthetic nuclei sites are une
 smallest site two local steps a round.
 """
 
+import copy
 import math
 
 import torch
 
-from fedbcs_fl.algorithms import algorithm_class, build_algorithm
-from fedbcs_fl.algorithms.base import LocalContext
+from fedbcs_fl.algorithms import METHODS, algorithm_class, build_algorithm
+from fedbcs_fl.algorithms.base import Algorithm, ClientUpdate, LocalContext
+from fedbcs_fl.client import local_train, make_optimizer, model_weights
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
+from fedbcs_fl.payload import prototype_sets
 from fedbcs_fl.simulation import Simulation
 
 # RunConfig fields of the tiny run.
@@ -64,6 +67,11 @@ def tiny_sites(num_sites: int | None = None, **fields):
     return load_sites(tiny_config(**fields))[:num_sites]
 
 
+def prototype_methods() -> list[str]:
+    """The methods whose clients upload prototypes in the tiny run, by their declaration."""
+    return [name for name in METHODS if prototype_sets(tiny_algorithm(name).uploads)]
+
+
 def tiny_algorithm(method: str, **options):
     """``method`` built for the tiny run (its data set's channels and classes) with method
     ``options``."""
@@ -85,6 +93,27 @@ def context(payload=None, state=None) -> LocalContext:
         device=torch.device("cpu"),
         last_epoch=True,
     )
+
+
+def round_one_replies(
+    algorithm: Algorithm, clients: int = 3
+) -> tuple[dict[str, torch.Tensor], list[tuple[str, ClientUpdate]]]:
+    """Round 1 of ``algorithm`` through :func:`~fedbcs_fl.client.local_train`, for
+    ``clients`` clients (``site-A``, ``site-B``, ...) of one hand-made batch each (two 32×32
+    images, their bright pixels foreground): ``(global weights, [(site, update)])``, the
+    updates as sent. No data set, no Simulation."""
+    torch.manual_seed(0)
+    model = algorithm.build_model()
+    replies = []
+    for index in range(clients):
+        gen = torch.Generator().manual_seed(index)
+        images = torch.rand(2, algorithm.in_channels, 32, 32, generator=gen)
+        batch = (images, (images[:, 0] > 0.6).long())
+        local = copy.deepcopy(model)
+        optimizer = make_optimizer(local, algorithm.config)
+        update = local_train(algorithm, local, optimizer, [batch], {}, {}, 1, torch.device("cpu"))
+        replies.append((f"site-{chr(ord('A') + index)}", update))
+    return model_weights(model), replies
 
 
 def run_two_rounds(method: str, num_sites: int = 2):

@@ -3,7 +3,8 @@
 :class:`PixelPrototypeAlgorithm` runs the tapped UNet, adds the method's prototype loss
 on the pixel features (the last decoder block's output, baselines.md), and by default
 sends the exact class means of those features over the last local epoch: the present
-classes' rows under ``protos`` and their class ids under ``labels``.
+classes' rows under ``protos`` and their class ids under ``labels``, as its ``uploads``
+declare (``PIXEL_PROTOTYPES``, :mod:`fedbcs_fl.payload`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from fedbcs_ops import class_sums, prototypes_from_sums
 
 from ..aggregation import cluster_class_rows
 from ..losses import multi_positive_infonce
+from ..payload import PrototypeSet
 from ._features import build_tapped_unet
 from .base import Algorithm, ClientUpdate, LocalContext
+
+# What every pixel-prototype baseline sends: its prototype rows and their class ids.
+PIXEL_PROTOTYPES = PrototypeSet("protos", "labels")
 
 
 def present_rows(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +89,10 @@ class PixelPrototypeAlgorithm(Algorithm):
     client's rows per class (:meth:`aggregate_prototypes`).
     """
 
-    prototype_keys = ("protos",)
+    uploads = (PIXEL_PROTOTYPES,)
+
+    def prototype_dim(self, prototypes):
+        return self.config.init_features  # the pixel features' width f (_features.py)
 
     def build_model(self):
         return build_tapped_unet(self)

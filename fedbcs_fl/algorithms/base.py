@@ -11,7 +11,8 @@ Server side (one round):
     ``aggregate(updates, global_weights, global_payload)`` → next weights and payload.
 
 A method subclasses :class:`Algorithm` and overrides only what differs; hyper-parameters
-are declared in ``options`` (name → default) and read from ``self.opt``.
+are declared in ``options`` (name → default) and read from ``self.opt``, and the payload
+its clients send in ``uploads`` (:mod:`fedbcs_fl.payload`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..aggregation import weighted_average
 from ..config import RunConfig
 from ..data.sources import data_source
 from ..losses import check_dice_loss_classes, segmentation_loss
+from ..payload import PrototypeSet, Upload, prototype_sets
 
 # What each method option may be, by name: a name means the same thing in every method
 # that has it (``tau`` is always a temperature, ``mu`` and ``lambda_*`` loss weights).
@@ -138,8 +140,10 @@ class Algorithm:
     options: ClassVar[dict[str, Any]] = {}
     # Option name → what it is, one line for ``fedbcs train --help``.
     option_help: ClassVar[dict[str, str]] = {}
-    # Payload keys whose rows are prototypes: counted for paper Table 3.
-    prototype_keys: ClassVar[tuple[str, ...]] = ()
+    # What a client sends beside its weights (fedbcs_fl/payload.py): screening checks every
+    # reply against it, the fault drills and paper Table 3 read its prototype sets. A
+    # method whose payload depends on its options makes this a property.
+    uploads: tuple[Upload, ...] = ()
 
     def __init__(self, config: RunConfig, in_channels: int, num_classes: int):
         self.config = config
@@ -215,8 +219,14 @@ class Algorithm:
         weights = self.aggregate_weights(updates, global_weights)
         return weights, self.aggregate_payload(updates, global_payload)
 
-    # ---- accounting ------------------------------------------------------------------
+    # ---- payload contract ------------------------------------------------------------
+
+    def prototype_dim(self, prototypes: PrototypeSet) -> int:
+        """D, the width of the rows of one of this method's declared prototype sets."""
+        raise NotImplementedError(f"{self.name} declares {prototypes} but not its width")
 
     def count_prototypes(self, payload: dict[str, torch.Tensor]) -> int:
-        """Prototype vectors in a client payload (paper Table 3)."""
-        return sum(int(payload[k].shape[0]) for k in self.prototype_keys if k in payload)
+        """Prototype vectors in a payload (paper Table 3): the rows of the declared
+        prototype sets."""
+        sets = prototype_sets(self.uploads)
+        return sum(int(payload[p.rows].shape[0]) for p in sets if p.rows in payload)

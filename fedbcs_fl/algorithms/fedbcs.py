@@ -30,10 +30,15 @@ import torch
 
 from ..aggregation import cluster_class_prototypes
 from ..losses import capped_multi_positive_infonce, multi_positive_infonce
+from ..payload import PrototypeSet
 from ._protos import class_mean_payload
 from .base import Algorithm, ClientUpdate, LocalContext
 
 STREAMS = ("encoder", "decoder")
+STREAM_PROTOTYPES = tuple(PrototypeSet(f"protos/{s}", f"labels/{s}") for s in STREAMS)
+# Fused levels of a stream's embedding, each ``proto_dim`` wide: every tapped level of the
+# UNet (four per stream) but the deepest, fused with a deeper one (either ``fusion``).
+FUSED_LEVELS = 3
 # The InfoNCE of L_contra by the ``contrast`` option (docs/fidelity.md).
 CONTRASTS = {"released": capped_multi_positive_infonce, "exact": multi_positive_infonce}
 
@@ -50,7 +55,6 @@ class FedBCS(Algorithm):
         "lambda_consis": 1.0,  # weight of L_consis
         "contrast": "released",  # capped exponentials, as released; "exact" is log space
     }
-    prototype_keys = tuple(f"protos/{s}" for s in STREAMS)
 
     def build_model(self):
         from fedbcs_models import build_fedbcs_unet
@@ -65,6 +69,16 @@ class FedBCS(Algorithm):
             fsr_gate=self.opt["fsr_gate"],
             fusion=self.opt["fusion"],
         )
+
+    # ---- payload -------------------------------------------------------------------
+
+    @property
+    def uploads(self):
+        """Per stream, the class means of its embedding; nothing without CDPA (ablation)."""
+        return STREAM_PROTOTYPES if self.opt["cdpa"] else ()
+
+    def prototype_dim(self, prototypes):
+        return FUSED_LEVELS * int(self.opt["proto_dim"])
 
     # ---- client side ----------------------------------------------------------------
 

@@ -33,7 +33,14 @@ from typing import Any, ClassVar
 import torch
 
 from ..aggregation import weighted_average
-from ._protos import PixelPrototypeAlgorithm, cosine, pixel_rows, prototype_infonce
+from ..payload import ClientId, StepCounts
+from ._protos import (
+    PIXEL_PROTOTYPES,
+    PixelPrototypeAlgorithm,
+    cosine,
+    pixel_rows,
+    prototype_infonce,
+)
 
 OWNER_KEY = "fedcontrast/owner"  # the client's id, in its persistent state
 
@@ -61,6 +68,7 @@ class FedContrast(PixelPrototypeAlgorithm):
         "lambda_own": "weight of L_own, the contrast with the client's own prototypes",
         "lambda_others": "weight of L_others, the contrast with the other clients' prototypes",
     }
+    uploads = (PIXEL_PROTOTYPES, StepCounts("steps"), ClientId("owner"))
 
     def begin_local(self, model, ctx):
         if OWNER_KEY not in ctx.state:

@@ -1,13 +1,24 @@
 """Each fault: the round completes, the global model is finite and equals the aggregate of
-the honest clients, and the fault is in the metrics."""
+the honest clients, and the fault is in the metrics. A prototype drill runs for every
+method that uploads prototypes, and is refused, when it is read, for every other."""
 
 import pytest
 import torch
 
-from fedbcs_fl.faults import parse_faults
+from fedbcs_fl.algorithms import METHODS
+from fedbcs_fl.faults import PROTOTYPE_KINDS, FaultInjector, parse_faults
+from fedbcs_fl.payload import prototype_sets
+from fedbcs_fl.round import aggregate_round
+from fedbcs_fl.screening import ScreeningPolicy
 from fedbcs_fl.simulation import Simulation
 
-from .._tiny import tiny_config, tiny_sites
+from .._tiny import (
+    prototype_methods,
+    round_one_replies,
+    tiny_algorithm,
+    tiny_config,
+    tiny_sites,
+)
 
 FAULTY = "site-B"
 
@@ -117,7 +128,52 @@ def test_norm_check_is_off_for_two_clients(sites):
 
 
 def test_bad_fault_spec():
+    fedavg = tiny_algorithm("fedavg")
     with pytest.raises(ValueError, match="unknown fault kind 'explode'"):
-        parse_faults("site-A:explode@1")
+        parse_faults("site-A:explode@1", fedavg)
     with pytest.raises(ValueError, match="CLIENT:KIND@ROUND"):
-        parse_faults("site-A-nan")
+        parse_faults("site-A-nan", fedavg)
+
+
+# ---- the prototype drills, for every method that uploads prototypes ---------------------
+
+PROTOTYPE_METHODS = prototype_methods()
+NO_PROTOTYPES = [
+    *(pytest.param(name, {}, id=name) for name in METHODS if name not in PROTOTYPE_METHODS),
+    pytest.param("fedbcs", {"cdpa": False}, id="fedbcs-no-cdpa"),
+]
+
+
+@pytest.mark.parametrize("kind", PROTOTYPE_KINDS)
+@pytest.mark.parametrize("name", PROTOTYPE_METHODS)
+def test_prototype_drills_run_for_every_prototype_method(name, kind):
+    """The drill corrupts the prototypes the method declares; screening rejects the drilled
+    site, and the round aggregates exactly the honest others."""
+    algorithm = tiny_algorithm(name)
+    weights, replies = round_one_replies(algorithm)
+    injector = FaultInjector(f"{FAULTY}:{kind}@1", algorithm)
+    drilled = [(site, injector.corrupt(site, 1, update)) for site, update in replies]
+    clients = [site for site, _ in replies]
+    result = aggregate_round(algorithm, 1, clients, drilled, {}, weights, {}, ScreeningPolicy())
+    assert list(result.record["rejected"]) == [FAULTY], result.record["rejected"]
+    assert prototype_sets(algorithm.uploads)[0].rows in result.record["rejected"][FAULTY]
+    assert result.aggregated == [site for site in clients if site != FAULTY]
+    honest = [update for site, update in replies if site != FAULTY]
+    expected_weights, expected_payload = algorithm.aggregate(honest, weights, {})
+    _assert_equal(result.weights, expected_weights)
+    _assert_equal(result.payload, expected_payload)
+
+
+@pytest.mark.parametrize("kind", PROTOTYPE_KINDS)
+@pytest.mark.parametrize("name, options", NO_PROTOTYPES)
+def test_a_prototype_drill_for_a_method_without_prototypes_is_refused_when_read(
+    name, options, kind
+):
+    with pytest.raises(ValueError, match=f"'{kind}' corrupts uploaded prototypes.*{name}"):
+        parse_faults(f"{FAULTY}:{kind}@2", tiny_algorithm(name, **options))
+
+
+def test_the_simulator_refuses_such_a_drill_before_building_a_model():
+    config = tiny_config("fedavg", inject_faults=f"{FAULTY}:proto_nan@2")
+    with pytest.raises(ValueError, match="fedavg uploads none"):
+        Simulation(config, sites=[], progress=False)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fedbcs_fl.algorithms._protos import PIXEL_PROTOTYPES
 from fedbcs_fl.algorithms.base import ClientUpdate
 from fedbcs_fl.algorithms.fedcontrast import OWNER_KEY
 from fedbcs_fl.screening import screen_updates
@@ -147,14 +148,19 @@ def test_screening_rejects_steps_that_would_weigh_an_update_wrongly(steps):
     weights = {"w": torch.tensor([1.0])}
 
     def reply(steps):
-        payload = {"steps": torch.tensor(steps), "owner": torch.tensor([ME])}
+        payload = {
+            "protos": torch.ones(1, method.prototype_dim(PIXEL_PROTOTYPES)),
+            "labels": torch.tensor([1]),
+            "steps": torch.tensor(steps),
+            "owner": torch.tensor([ME]),
+        }
         return ClientUpdate(dict(weights), 2, payload)
 
     accepted, rejected = screen_updates(
-        method, [("good", reply([3, 4])), ("bad", reply(steps))], weights, {}
+        method, [("good", reply([3, 4])), ("bad", reply(steps))], weights
     )
     assert [name for name, _ in accepted] == ["good"]
-    assert set(rejected) == {"bad"} and rejected["bad"].startswith("steps")
+    assert set(rejected) == {"bad"} and rejected["bad"].startswith("payload steps")
 
 
 @pytest.mark.e2e

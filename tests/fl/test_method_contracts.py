@@ -33,6 +33,7 @@ from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.algorithms.base import Algorithm, ClientUpdate, LocalContext
 from fedbcs_fl.algorithms.moon import moon_contrastive_loss
 from fedbcs_fl.client import local_train, make_optimizer, model_weights
+from fedbcs_fl.payload import prototype_sets
 
 from .._tiny import tiny_algorithm, tiny_config
 
@@ -416,9 +417,9 @@ def test_prototypes_come_from_the_last_local_epoch(name):
         for loader in loaders:
             loader.restart()
         for update in fed.round():
-            for key in algorithm.prototype_keys:
-                labels = update.payload[key.replace("protos", "labels")]
-                assert labels.numel() > 0 and set(labels.tolist()) == {0}, key
+            for prototypes in prototype_sets(algorithm.uploads):
+                labels = update.payload[prototypes.labels]
+                assert labels.numel() > 0 and set(labels.tolist()) == {0}, prototypes
 
 
 # ---- server: several unequal clusters per class ------------------------------------------
@@ -448,29 +449,26 @@ def test_server_clusters_and_unbiased_prototype_with_unequal_clusters(name):
     means (not the mean of the rows, which leans to the larger group)."""
     algorithm = method(name)
     rows, groups = _clustered_rows()
-    # Every prototype key ``protos…`` has its class ids under ``labels…`` and, down, the
-    # mean of its clusters under ``mean…``.
+    sets = prototype_sets(algorithm.uploads)
     updates = [
         ClientUpdate(
             {},
             1 + i,
-            {
-                k: v
-                for key in algorithm.prototype_keys
-                for k, v in ((key, rows[i]), (key.replace("protos", "labels"), torch.arange(2)))
-            },
+            {k: v for p in sets for k, v in ((p.rows, rows[i]), (p.labels, torch.arange(2)))},
         )
         for i in range(5)
     ]
     down = algorithm.aggregate_payload(updates, {})
-    for key in algorithm.prototype_keys:
+    # Down go each set's cluster prototypes under its own keys, and their mean under
+    # ``mean…`` and ``mean_present…``.
+    for p in sets:
         clusters = [
             torch.stack([rows[i, c] for i in members]).mean(0)
             for c in (0, 1)
             for members in groups[c]
         ]
-        assert down[key.replace("protos", "labels")].tolist() == [0, 0, 1, 1]
-        torch.testing.assert_close(down[key], torch.stack(clusters))
+        assert down[p.labels].tolist() == [0, 0, 1, 1]
+        torch.testing.assert_close(down[p.rows], torch.stack(clusters))
         unbiased = torch.stack([(clusters[0] + clusters[1]) / 2, (clusters[2] + clusters[3]) / 2])
-        torch.testing.assert_close(down[key.replace("protos", "mean")], unbiased)
-        assert down[key.replace("protos", "mean_present")].tolist() == [True, True]
+        torch.testing.assert_close(down[p.rows.replace("protos", "mean")], unbiased)
+        assert down[p.rows.replace("protos", "mean_present")].tolist() == [True, True]
