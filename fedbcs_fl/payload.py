@@ -83,7 +83,25 @@ class PrototypeSet:
 
 
 @dataclass(frozen=True)
-class StepCounts:
+class _Int64Vector:
+    """One int64 ``[n]`` tensor under ``key``; a subclass checks its shape and values."""
+
+    key: str
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    def problem(self, payload: dict, algorithm: Algorithm) -> str | None:
+        reason = _tensor_problem(payload, self.key, torch.int64, 1)
+        return reason or self._value_problem(payload[self.key])
+
+    def _value_problem(self, value: torch.Tensor) -> str | None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StepCounts(_Int64Vector):
     """The local optimiser steps of the round, (done, scheduled), int64 ``[2]`` with
     0 < done ≤ scheduled (FedContrast weighs an update by their ratio).
 
@@ -91,27 +109,17 @@ class StepCounts:
         key: the payload key.
     """
 
-    key: str
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key,)
-
-    def problem(self, payload: dict, algorithm: Algorithm) -> str | None:
-        reason = _tensor_problem(payload, self.key, torch.int64, 1)
-        if reason:
-            return reason
-        steps = payload[self.key]
-        if steps.shape != (2,) or not 0 < steps[0] <= steps[1]:
+    def _value_problem(self, value: torch.Tensor) -> str | None:
+        if value.shape != (2,) or not 0 < value[0] <= value[1]:
             return (
-                f"payload {self.key} {steps.tolist()} are not (done, scheduled) "
+                f"payload {self.key} {value.tolist()} are not (done, scheduled) "
                 "with 0 < done ≤ scheduled"
             )
         return None
 
 
 @dataclass(frozen=True)
-class ClientId:
+class ClientId(_Int64Vector):
     """The id a client drew for itself, int64 ``[1]`` (any value: it only tells apart the
     rows of different clients).
 
@@ -119,17 +127,10 @@ class ClientId:
         key: the payload key.
     """
 
-    key: str
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return (self.key,)
-
-    def problem(self, payload: dict, algorithm: Algorithm) -> str | None:
-        reason = _tensor_problem(payload, self.key, torch.int64, 1)
-        if reason is None and payload[self.key].shape != (1,):
-            reason = f"payload {self.key} has shape {tuple(payload[self.key].shape)}, expected (1,)"
-        return reason
+    def _value_problem(self, value: torch.Tensor) -> str | None:
+        if value.shape != (1,):
+            return f"payload {self.key} has shape {tuple(value.shape)}, expected (1,)"
+        return None
 
 
 Upload = PrototypeSet | StepCounts | ClientId

@@ -138,6 +138,20 @@ def test_weights_by_examples_times_progress_and_all_prototypes_down():
     assert weights["w"].item() == 1.0
 
 
+_WEIGHTS = {"w": torch.tensor([1.0])}
+
+
+def _reply(method, steps=(3, 4), owner=(ME,)):
+    """A FedContrast reply to screen: one prototype, ``steps`` and ``owner`` as given."""
+    payload = {
+        "protos": torch.ones(1, method.prototype_dim(PIXEL_PROTOTYPES)),
+        "labels": torch.tensor([1]),
+        "steps": torch.tensor(list(steps)),
+        "owner": torch.tensor(list(owner)),
+    }
+    return ClientUpdate(dict(_WEIGHTS), 2, payload)
+
+
 @pytest.mark.parametrize(
     "steps",
     [[0, 0], [0, 4], [5, 4], [-1, 4], [1.0, 2.0], [1, 2, 3]],
@@ -145,22 +159,18 @@ def test_weights_by_examples_times_progress_and_all_prototypes_down():
 )
 def test_screening_rejects_steps_that_would_weigh_an_update_wrongly(steps):
     method = tiny_algorithm("fedcontrast")
-    weights = {"w": torch.tensor([1.0])}
-
-    def reply(steps):
-        payload = {
-            "protos": torch.ones(1, method.prototype_dim(PIXEL_PROTOTYPES)),
-            "labels": torch.tensor([1]),
-            "steps": torch.tensor(steps),
-            "owner": torch.tensor([ME]),
-        }
-        return ClientUpdate(dict(weights), 2, payload)
-
-    accepted, rejected = screen_updates(
-        method, [("good", reply([3, 4])), ("bad", reply(steps))], weights
-    )
+    good, bad = _reply(method), _reply(method, steps=steps)
+    accepted, rejected = screen_updates(method, [("good", good), ("bad", bad)], _WEIGHTS)
     assert [name for name, _ in accepted] == ["good"]
     assert set(rejected) == {"bad"} and rejected["bad"].startswith("payload steps")
+
+
+def test_screening_rejects_an_owner_that_is_not_one_id():
+    method = tiny_algorithm("fedcontrast")
+    good, bad = _reply(method), _reply(method, owner=[ME, ME + 1])
+    accepted, rejected = screen_updates(method, [("good", good), ("bad", bad)], _WEIGHTS)
+    assert [name for name, _ in accepted] == ["good"]
+    assert rejected == {"bad": "payload owner has shape (2,), expected (1,)"}
 
 
 @pytest.mark.e2e
