@@ -57,6 +57,8 @@ def _nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
 
 
 def _structure_problem(weights, reference) -> str | None:
+    if not isinstance(weights, dict):
+        return f"weights are a {type(weights).__name__}, not a dict of tensors"
     missing = sorted(set(reference) - set(weights), key=str)
     extra = sorted(set(weights) - set(reference), key=str)
     if missing:
@@ -113,7 +115,7 @@ def screen_updates(
         if reason is None:
             reason = _metrics_problem(update.metrics)
         count = update.num_examples
-        if reason is None and (not isinstance(count, int) or count <= 0):
+        if reason is None and (type(count) is not int or count <= 0):  # bool is no count
             reason = f"example count {count!r} is not a positive integer"
         if reason is None and count > policy.max_examples:
             reason = f"example count {count} exceeds the maximum {policy.max_examples}"

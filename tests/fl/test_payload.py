@@ -39,22 +39,33 @@ def honest(name: str, **options):
 HONEST_VALUE = object()
 
 
-def run_round(name: str, payload=HONEST_VALUE, metrics=HONEST_VALUE, **options):
-    """Round 1 of ``name`` with site-B's payload or metrics replaced; the other clients'
-    replies are honest."""
-    algorithm, weights, replies = honest(name, **options)
+def run_round(
+    name: str,
+    payload=HONEST_VALUE,
+    metrics=HONEST_VALUE,
+    weights=HONEST_VALUE,
+    num_examples=HONEST_VALUE,
+    **options,
+):
+    """Round 1 of ``name`` (with method ``options``) where site-B's payload, metrics,
+    weights or example count are replaced; the other clients' replies are honest."""
+    algorithm, global_weights, replies = honest(name, **options)
+
+    def pick(value, honest_value):
+        return honest_value if value is HONEST_VALUE else value
+
     sent = []
     for site, update in replies:
         if site == BAD:
             update = ClientUpdate(
-                update.weights,
-                update.num_examples,
-                update.payload if payload is HONEST_VALUE else payload,
-                update.metrics if metrics is HONEST_VALUE else metrics,
+                pick(weights, update.weights),
+                pick(num_examples, update.num_examples),
+                pick(payload, update.payload),
+                pick(metrics, update.metrics),
             )
         sent.append((site, update))
     clients = [site for site, _ in replies]
-    return aggregate_round(algorithm, 1, clients, sent, {}, weights, {}, ScreeningPolicy())
+    return aggregate_round(algorithm, 1, clients, sent, {}, global_weights, {}, ScreeningPolicy())
 
 
 def bad_payload(name: str, **options) -> dict:
@@ -277,3 +288,17 @@ def test_a_payload_that_is_not_a_dict_of_named_tensors_is_rejected(name, payload
 )
 def test_metrics_that_are_not_finite_numbers_are_rejected(metrics, reason):
     assert_rejected(run_round("fedavg", metrics=metrics), reason)
+
+
+@pytest.mark.parametrize(
+    "replaced, reason",
+    [
+        ({"weights": None}, "weights are a NoneType, not a dict of tensors"),
+        ({"weights": [0.5]}, "weights are a list, not a dict of tensors"),
+        ({"num_examples": True}, "example count True is not a positive integer"),
+        ({"num_examples": 2.0}, "example count 2.0 is not a positive integer"),
+    ],
+    ids=["weights-none", "weights-list", "count-bool", "count-float"],
+)
+def test_weights_or_a_count_of_another_type_are_rejected(replaced, reason):
+    assert_rejected(run_round("fedavg", **replaced), reason)
