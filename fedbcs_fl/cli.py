@@ -11,12 +11,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .algorithms import METHODS, all_algorithms
-from .config import RunConfig
-from .data import DATA_SOURCES, NUCLEI_INTENSITIES, data_source, file_sources
-from .losses import DICE_LOSS_CLASSES
+from .algorithms import all_algorithms
+from .config import RUN_SETTINGS, RunConfig
+from .data import data_source, file_sources
+from .schema import Option, flag
 
 EXIT_USAGE = 2
+# The run settings ``fedbcs eval`` may change in the run's config.
+_EVAL_SETTINGS = ("dataset", "data_root", "eval_batch_size")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,141 +35,132 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _site_list(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+def _argument_type(option: Option, check: bool = True):
+    """argparse's ``type=`` for ``option``: its :meth:`~Option.parse`, and with ``check``
+    its rules (a method option is checked when its method is known, to name it)."""
+
+    def convert(text: str):
+        try:
+            value = option.parse(text)
+            return option.check(value) if check else value
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
 
 
-def _method_options() -> dict[str, object]:
-    """Every method option by name, with the first default seen (for its type)."""
-    merged: dict[str, object] = {}
-    for cls in all_algorithms().values():
-        for name, default in cls.options.items():
-            merged.setdefault(name, default)
+def _add_setting(parser, name: str, **changes) -> None:
+    """The run setting ``name`` as the option ``--kebab-name`` of ``parser`` (a parser or
+    an argument group), declared by its :data:`RUN_SETTINGS` entry; ``changes`` replace
+    argparse arguments (e.g. ``help=``, ``required=``). Not given, it is None."""
+    declared = RUN_SETTINGS[name]
+    arguments = {
+        "dest": name,
+        "type": _argument_type(declared),
+        "choices": declared.choices,
+        "default": None,
+        "help": declared.describe().replace("%", "%%"),
+    }
+    parser.add_argument(flag(name), **(arguments | changes))
+
+
+def _refuse(message: str):
+    """argparse's ``type=`` of an option a command does not take: ``message`` says why."""
+
+    def refuse(text: str):
+        raise argparse.ArgumentTypeError(message)
+
+    return refuse
+
+
+def _method_options() -> dict[str, Option]:
+    """Every method option by name (one flag for every method that has it), as the first
+    method declares it; ``TypeError`` where two methods give one name two types."""
+    merged: dict[str, Option] = {}
+    for method, cls in all_algorithms().items():
+        for name, option in cls.options.items():
+            first = merged.setdefault(name, option)
+            if first.type is not option.type:
+                raise TypeError(
+                    f"{method} option {name} is {option.type.__name__}, but "
+                    f"{first.type.__name__} in another method: one flag cannot take both"
+                )
     return merged
 
 
-def _method_option_help() -> dict[str, str]:
-    """The help of each method option: every method that explains it, with its default."""
-    parts: dict[str, list[str]] = {}
-    for method, cls in all_algorithms().items():
-        for name, text in cls.option_help.items():
-            parts.setdefault(name, []).append(f"{method}: {text} (default {cls.options[name]})")
-    return {name: "; ".join(texts) for name, texts in parts.items()}
+def _option_flag(name: str, option: Option) -> str:
+    """``--tau``; a switch is named for the change from its default (``--no-fsr``)."""
+    if option.type is bool and option.default:
+        return flag("no_" + name)
+    return flag(name)
 
 
-# Options of ``train`` that ``compare`` passes through to every run.
-_COMMON = (
-    "dataset",
-    "data_root",
-    "sites",
-    "split_file",
-    "rounds",
-    "local_epochs",
-    "clients_per_round",
-    "batch_size",
-    "eval_batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "momentum",
-    "dice_loss_classes",
-    "nuclei_intensity",
-    "image_size",
-    "n_train",
-    "n_test",
-    "init_features",
-    "device",
-    "eval_every",
-)
-
-
-def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True) -> None:
-    d = RunConfig()
-    if method_arguments:
-        p.add_argument("--method", choices=list(METHODS), default=d.method)
-    p.add_argument("--dataset", choices=list(DATA_SOURCES), default=d.dataset)
-    p.add_argument("--data-root", help=f"folder of a real data set ({', '.join(file_sources())})")
-    p.add_argument("--sites", type=_site_list, help="comma-separated site names (default: all)")
-    p.add_argument("--split-file", help="a split.json of an earlier run, to reuse its split")
-    p.add_argument("--rounds", type=_positive_int, default=d.rounds)
-    p.add_argument("--local-epochs", type=_positive_int, default=d.local_epochs)
-    p.add_argument("--clients-per-round", type=_positive_int, help="default: every client")
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    p.add_argument(
-        "--eval-batch-size",
-        type=_positive_int,
-        default=d.eval_batch_size,
-        help="batch size of every evaluation; scores depend on it (BatchNorm uses batch "
-        "statistics), and 16 is the released code's",
-    )
-    p.add_argument("--optimizer", choices=["adam", "sgd"], help="default: the dataset's")
-    p.add_argument("--lr", type=float, help="default: the dataset's")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument(
-        "--momentum", type=float, help="SGD momentum (default: the dataset's: nuclei 0, else 0.9)"
-    )
-    p.add_argument(
-        "--dice-loss-classes",
-        choices=DICE_LOSS_CLASSES,
-        default=d.dice_loss_classes,
-        help="classes the soft Dice loss averages over (all: background too, as released)",
-    )
-    p.add_argument(
-        "--nuclei-intensity",
-        choices=NUCLEI_INTENSITIES,
-        default=d.nuclei_intensity,
-        help="real nuclei images: per-image min-max (released) or ÷ the pixel type's maximum",
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--image-size", type=_positive_int, help="default: the dataset's")
-    p.add_argument("--n-train", type=_positive_int, default=d.n_train, help="synthetic only")
-    p.add_argument("--n-test", type=_positive_int, default=d.n_test, help="synthetic only")
-    p.add_argument("--init-features", type=_positive_int, default=d.init_features)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every)
-    p.add_argument("--client-timeout", type=float, help="seconds (default: no limit)")
-    p.add_argument(
-        "--screen-norm-factor",
-        type=float,
-        default=d.screen_norm_factor,
-        help="reject updates this many times the median norm (0: off)",
-    )
-    p.add_argument("--screen-max-examples", type=_positive_int, default=d.screen_max_examples)
-    p.add_argument("--inject-faults", help="fault drill, e.g. site-B:nan@2 (docs/reliability.md)")
-    if not method_arguments:
-        return
-    group = p.add_argument_group("method options (default: the method's own)")
-    helps = _method_option_help()
-    for name, default in _method_options().items():
-        flag = "--" + name.replace("_", "-")
-        text = helps.get(name)
-        if isinstance(default, bool):
-            group.add_argument(
-                "--no-" + name.replace("_", "-"),
-                dest=name,
-                action="store_const",
-                const=False,
-                default=None,
-                help=text,
-            )
-        elif isinstance(default, str):
-            group.add_argument(flag, dest=name, default=None, help=text)
-        elif isinstance(default, int):
-            group.add_argument(flag, dest=name, type=int, default=None, help=text)
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """One option per method-option name, hidden, which parses it; and for each method a
+    group of the help that lists its options with its own help and defaults."""
+    for name, option in _method_options().items():
+        if option.type is bool:
+            switch = {"action": "store_const", "const": not option.default}
         else:
-            group.add_argument(flag, dest=name, type=float, default=None, help=text)
+            switch = {"type": _argument_type(option, check=False)}
+        parser.add_argument(
+            _option_flag(name, option), dest=name, default=None, help=argparse.SUPPRESS, **switch
+        )
+    for method, cls in all_algorithms().items():
+        if not cls.options:
+            continue
+        group = parser.add_argument_group(f"{method} options (with --method {method})")
+        for name, option in cls.options.items():
+            # argparse lists an option in one group only; this entry only shows the flag,
+            # with this method's help, in this method's group.
+            shown = argparse.Action(
+                [_option_flag(name, option)],
+                dest=name,
+                nargs=0 if option.type is bool else None,
+                choices=option.choices,
+                help=option.describe().replace("%", "%%"),
+            )
+            group._group_actions.append(shown)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, per_run: bool = True) -> None:
+    """The run settings as options. With ``per_run`` (commands that make one run) also
+    ``--method``, ``--seed``, ``--config`` and every method's options; without (commands
+    that run seeds 0..N-1 themselves) ``--seed`` is refused."""
+    group = parser.add_argument_group("run settings")
+    for name, declared in RUN_SETTINGS.items():
+        if declared.cli and (per_run or not declared.per_run):
+            _add_setting(group, name)
+    if not per_run:
+        parser.add_argument(
+            "--seed", type=_refuse("give --seeds N, not --seed"), help=argparse.SUPPRESS
+        )
+        return
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the settings of a saved config: JSON (e.g. a run's config.json) or TOML, "
+        "with config.json's field names; the options given here override it (its method "
+        "options only while --method stays its method)",
+    )
+    _add_method_options(parser)
+
+
+def _given(args: argparse.Namespace, names) -> dict:
+    """The settings or options of ``names`` given on the command line (else None)."""
+    return {name: value for name in names if (value := getattr(args, name, None)) is not None}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields and k != "method_options"}
-    options = {
-        name: getattr(args, name)
-        for name in _method_options()
-        if getattr(args, name, None) is not None
-    }
-    return RunConfig(**values, method_options=options).resolved()
+    """The resolved config of the run ``args`` ask for: the ``--config`` file's (if one),
+    with every setting and method option given on the command line over it."""
+    config_file = getattr(args, "config", None)
+    base = RunConfig.load(config_file) if config_file else RunConfig()
+    given = _given(args, RUN_SETTINGS)
+    if given.get("method", base.method) != base.method:
+        base = dataclasses.replace(base, method_options={})  # they were the other method's
+    options = base.method_options | _given(args, _method_options())
+    return dataclasses.replace(base, **given, method_options=options).resolved()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -177,6 +170,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .simulation import Simulation
 
     if args.resume:
+        if args.config:
+            raise ValueError("--resume continues a run with its own config.json: drop --config")
         out = Path(args.resume)
         config = read_config(out)
     else:
@@ -215,12 +210,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     checkpoint = Path(args.checkpoint)
     config_path = Path(args.config) if args.config else checkpoint.parent / CONFIG_FILE
-    config = RunConfig.load(config_path)
-    if args.dataset:
-        config = dataclasses.replace(config, dataset=args.dataset, data_root=args.data_root)
-    if args.eval_batch_size:
-        config = dataclasses.replace(config, eval_batch_size=args.eval_batch_size)
-    config = config.resolved()
+    given = _given(args, _EVAL_SETTINGS)
+    if "dataset" in given:  # the run's data root holds the run's data set
+        given.setdefault("data_root", None)
+    config = dataclasses.replace(RunConfig.load(config_path), **given).resolved()
     sites = load_sites(config)
     simulation = Simulation(config, sites, out_dir=None, progress=False)
     weights = load_file(str(checkpoint))
@@ -244,25 +237,13 @@ def cmd_show_data(args: argparse.Namespace) -> int:
     from .data import load_sites
     from .data.plots import save_site_grid
 
-    config = RunConfig(dataset=args.dataset, data_root=args.data_root, seed=args.seed).resolved()
+    config = config_from_args(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     gray_channel = data_source(config.dataset).gray_channel
     save_site_grid(load_sites(config), out, per_site=args.per_site, gray_channel=gray_channel)
     print(f"wrote {out}")
     return 0
-
-
-def _common_argv(args: argparse.Namespace) -> list[str]:
-    argv = []
-    for name in _COMMON:
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            value = ",".join(value)
-        argv += ["--" + name.replace("_", "-"), str(value)]
-    return argv
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -272,8 +253,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_all(specs, seeds, out, _common_argv(args), jobs=args.jobs)
-    print(write_reports(out, specs, seeds, args.dataset, args.rounds))
+    settings = config_from_args(args)
+    run_all(specs, seeds, out, settings, jobs=args.jobs)
+    print(write_reports(out, specs, seeds, settings.dataset, settings.rounds))
     print(f"tables and convergence.png in {out}/")
     return 0
 
@@ -289,8 +271,6 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 def cmd_calibrate_data(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
-    if args.seed != RunConfig.seed:
-        raise ValueError("calibrate-data runs seeds 0..N-1: give --seeds N, not --seed")
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"calibrate-{config.dataset}"
     calibration = calibrate(
@@ -336,17 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a saved global model")
     evaluate.add_argument("--checkpoint", required=True, help="model.safetensors of a run")
     evaluate.add_argument("--config", help="its config.json (default: beside the checkpoint)")
-    evaluate.add_argument("--dataset", choices=list(DATA_SOURCES), help="default: the run's")
-    evaluate.add_argument("--data-root")
-    evaluate.add_argument(
-        "--eval-batch-size", type=_positive_int, help="default: the run's (config.json)"
-    )
+    for name in _EVAL_SETTINGS:
+        _add_setting(evaluate, name, help=RUN_SETTINGS[name].describe(default="the run's"))
     evaluate.set_defaults(func=cmd_eval)
 
     show = commands.add_parser("show-data", help="a PNG grid of example images per site")
-    show.add_argument("--dataset", choices=list(DATA_SOURCES), default="synthetic-nuclei")
-    show.add_argument("--data-root")
-    show.add_argument("--seed", type=int, default=0)
+    for name in ("dataset", "data_root", "seed"):
+        _add_setting(show, name)
     show.add_argument("--per-site", type=_positive_int, default=4)
     show.add_argument("--out", required=True, help="PNG path")
     show.set_defaults(func=cmd_show_data)
@@ -359,13 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1")
     compare.add_argument("--jobs", type=_positive_int, default=1, help="runs at a time")
     compare.add_argument("--out", required=True, help="comparison folder (resumable)")
-    _add_run_arguments(compare, method_arguments=False)
+    _add_run_arguments(compare, per_run=False)
     compare.set_defaults(func=cmd_compare)
 
     check = commands.add_parser("check-data", help="validate a real data folder")
-    check.add_argument("--dataset", choices=file_sources(), required=True)
-    check.add_argument("--data-root", required=True)
-    check.add_argument("--sites", type=_site_list)
+    _add_setting(check, "dataset", choices=file_sources(), required=True, help="the data set")
+    _add_setting(check, "data_root", required=True)
+    _add_setting(check, "sites")
     check.add_argument("--workers", type=int, default=0, help="processes decoding files")
     check.set_defaults(func=cmd_check_data)
 
@@ -373,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate-data",
         help="does a data set carry domain shift? site-local transfer, FedAvg, pooled, style",
     )
-    _add_run_arguments(calibrate, method_arguments=False)
+    _add_run_arguments(calibrate, per_run=False)
     calibrate.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1")
     calibrate.add_argument("--out", help="report folder (default: runs/calibrate-<dataset>)")
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -2,8 +2,10 @@
 
 A method spec is a method name with optional option changes after slashes, e.g.
 ``fedbcs``, ``fedbcs/no-fsr`` (FSR off: CDPA only), ``fedbcs/no-cdpa`` (FSR only) or
-``fedbcs/tau=0.1``. Each (spec, seed) runs as ``fedbcs train`` in its own folder
-``OUT/<spec with + for />/seed<k>``; a run whose model file exists is finished and is not
+``fedbcs/tau=0.1``. Each (spec, seed) runs in its own folder
+``OUT/<spec with + for />/seed<k>``: the comparison's run settings with the spec's method
+and options and the seed are written there as ``run-config.json``, and
+``fedbcs train --config`` runs it. A run whose model file exists is finished and is not
 run again, so an interrupted comparison resumes where it stopped. A finished run made with
 other settings (another ``--rounds``, another ``--eval-every``, …) is an error, never
 mixed into the tables.
@@ -17,12 +19,14 @@ final round, when the FedBCS variants are among the specs), ``table3.md``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -45,6 +49,9 @@ from .run_folder import (
     read_config,
     read_records,
 )
+from .schema import Option
+
+RUN_CONFIG_FILE = "run-config.json"  # in each run folder: what compare asked it to run
 
 ABLATION = {
     "fedavg": (False, False),
@@ -54,49 +61,46 @@ ABLATION = {
 }
 
 
-def parse_spec(spec: str) -> tuple[str, list[str]]:
-    """``"fedbcs/no-fsr/tau=0.1"`` → (``"fedbcs"``, train arguments for the changes).
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"fedbcs/no-fsr/tau=0.1"`` → (``"fedbcs"``, ``{"fsr": False, "tau": 0.1}``): the
+    method and its option changes.
 
     The changes are checked as ``fedbcs train`` would check them, by building the
     algorithm, so a wrong one fails before any run starts, not hours later.
     """
     name, *changes = spec.split("/")
     cls = algorithm_class(name)  # raises with the valid names
-    args, values = [], {}
+    values = {}
     for change in changes:
         if "=" in change:
             key, text = change.split("=", 1)
             values[key] = _typed(spec, key, text, cls.options)
-            args += ["--" + key.replace("_", "-"), text]
         elif change.startswith("no-"):
             key = change[3:].replace("-", "_")
             values[key] = _typed(spec, key, None, cls.options)
-            args.append("--" + change)
         else:
             raise ValueError(f"cannot read {change!r} in method spec {spec!r}: use no-X or X=V")
-    try:  # the algorithm's own checks: option names (Algorithm) and ranges (check_option)
+    try:  # the algorithm's own checks: option names and the values each may take
         build_algorithm(RunConfig(method=name, method_options=values).resolved())
     except ValueError as error:
         raise ValueError(f"in {spec!r}: {error}") from None
-    return name, args
+    return name, values
 
 
-def _typed(spec: str, key: str, text: str | None, options: dict):
+def _typed(spec: str, key: str, text: str | None, options: dict[str, Option]):
     """A spec's value as the option's type (``None`` text: the ``no-X`` form, False)."""
     if key not in options:
         return text  # the build names the valid options
-    default = options[key]
-    if isinstance(default, bool) != (text is None):
-        form = f"no-{key}" if isinstance(default, bool) else f"{key}=VALUE"
+    option = options[key]
+    if (option.type is bool) != (text is None):
+        form = f"no-{key}" if option.type is bool else f"{key}=VALUE"
         raise ValueError(f"in {spec!r}: write {key} as {form}")
     if text is None:
         return False
-    if isinstance(default, str):
-        return text
     try:
-        return int(text) if isinstance(default, int) else float(text)
-    except ValueError:
-        raise ValueError(f"in {spec!r}: {key}={text} is not a number") from None
+        return option.parse(text)
+    except ValueError as error:
+        raise ValueError(f"in {spec!r}: {key} {error}") from None
 
 
 def expand_methods(text: str) -> list[str]:
@@ -113,18 +117,16 @@ def run_dir(out: Path, spec: str, seed: int) -> Path:
     return out / spec.replace("/", "+") / f"seed{seed}"
 
 
-def _train_args(spec: str, seed: int, common: list[str]) -> list[str]:
-    """The ``fedbcs train`` arguments of one (spec, seed), without ``--out``."""
-    name, changes = parse_spec(spec)
-    return ["train", "--method", name, *changes, *common, "--seed", str(seed)]
+def run_config(settings: RunConfig, spec: str, seed: int) -> RunConfig:
+    """The resolved config of one (spec, seed): the comparison's run ``settings`` with the
+    spec's method and method options, and the seed."""
+    name, options = parse_spec(spec)
+    return dataclasses.replace(settings, method=name, method_options=options, seed=seed).resolved()
 
 
-def check_finished(folder: Path, spec: str, seed: int, common: list[str]) -> None:
+def check_finished(folder: Path, wanted: RunConfig) -> None:
     """Raise ``ValueError`` when the finished run in ``folder`` was made with other settings
-    than this comparison asks for (a finished run is reused, never silently mixed in)."""
-    from .cli import build_parser, config_from_args
-
-    wanted = config_from_args(build_parser().parse_args(_train_args(spec, seed, common)))
+    than ``wanted`` (a finished run is reused, never silently mixed in)."""
     found = read_config(folder)
     differ = sorted(k for k, v in vars(wanted).items() if getattr(found, k) != v)
     if differ:
@@ -135,22 +137,25 @@ def check_finished(folder: Path, spec: str, seed: int, common: list[str]) -> Non
         )
 
 
-def _run_one(spec: str, seed: int, out: Path, common: list[str], jobs: int) -> Path:
+def _run_one(spec: str, seed: int, out: Path, settings: RunConfig, jobs: int) -> Path:
     folder = run_dir(out, spec, seed)
+    config = run_config(settings, spec, seed)
     if is_finished(folder):
-        check_finished(folder, spec, seed, common)
+        check_finished(folder, config)
         return folder
     if folder.exists():  # an interrupted run: start it again from round 1
         shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    atomic_write_text(folder / RUN_CONFIG_FILE, config.to_json())
     cmd = [
         sys.executable,
         "-m",
         "fedbcs_fl.cli",
-        *_train_args(spec, seed, common),
-        "--out",
-        str(folder),
-        "--quiet",
+        "train",
+        "--config",
+        str(folder / RUN_CONFIG_FILE),
     ]
+    cmd += ["--out", str(folder), "--quiet"]
     # Parallel runs each get one intra-op thread: small models on a few cores run faster
     # side by side than fighting over threads.
     env = dict(os.environ, OMP_NUM_THREADS="1") if jobs > 1 else None
@@ -160,13 +165,14 @@ def _run_one(spec: str, seed: int, out: Path, common: list[str], jobs: int) -> P
     return folder
 
 
-def run_all(specs, seeds, out: Path, common: list[str], jobs: int = 1) -> None:
-    """Run every (spec, seed) not finished yet, ``jobs`` at a time, with a progress bar."""
+def run_all(specs, seeds, out: Path, settings: RunConfig, jobs: int = 1) -> None:
+    """Run every (spec, seed) not finished yet, ``jobs`` at a time, with a progress bar;
+    ``settings`` are the run settings every run shares (:func:`run_config`)."""
     for spec in specs:
         parse_spec(spec)
     tasks = [(spec, seed) for spec in specs for seed in seeds]
     with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(tasks), desc="runs") as bar:
-        futures = [pool.submit(_run_one, spec, seed, out, common, jobs) for spec, seed in tasks]
+        futures = [pool.submit(_run_one, spec, seed, out, settings, jobs) for spec, seed in tasks]
         for future in futures:
             future.result()
             bar.update()

@@ -1,13 +1,21 @@
-"""Run configuration: one dataclass, the data source's defaults filled in, JSON round trip."""
+"""Run configuration: one dataclass whose fields declare themselves (:mod:`fedbcs_fl.schema`),
+the data source's defaults filled in, and config files: JSON round trip, TOML read."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .data.sources import data_source
+from .algorithms import METHODS
+from .data import NUCLEI_INTENSITIES
+from .data.sources import DATA_SOURCES, data_source, file_sources
+from .losses import DICE_LOSS_CLASSES
+from .schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, setting, settings_of
 
 CONFIG_VERSION = 1
 
@@ -32,39 +40,127 @@ BEFORE_BASELINE_FIXES_METHOD_OPTIONS = {
 class RunConfig:
     """Everything a run depends on; written to ``config.json`` in the run folder.
 
-    Method hyper-parameters live in ``method_options`` (name → value); each method
-    fills in its own defaults for the names it declares.
+    Each run setting is declared once, with its help and the values it may take
+    (:func:`~fedbcs_fl.schema.setting`); :data:`RUN_SETTINGS` lists them. Method
+    hyper-parameters live in ``method_options`` (name → value); each method declares its
+    own and fills in their defaults.
     """
 
-    method: str = "fedbcs"
-    dataset: str = "synthetic-nuclei"
-    data_root: str | None = None
-    sites: list[str] | None = None
-    split_file: str | None = None
-    rounds: int = 30
-    local_epochs: int = 1
-    clients_per_round: int | None = None
-    batch_size: int = 6
-    eval_batch_size: int = 16  # the released code's; BatchNorm uses batch statistics
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    momentum: float | None = None
-    dice_loss_classes: str = "all"  # soft Dice over "all" classes (released) or "foreground"
-    nuclei_intensity: str = "minmax"  # per-image min-max (released) or "dtype" (÷ 255, 65535)
-    seed: int = 0
-    image_size: int | None = None
-    n_train: int = 24
-    n_test: int = 12
-    init_features: int = 16
-    device: str = "cpu"
-    eval_every: int = 1
-    checkpoint_every: int = 1
-    client_timeout: float | None = None
-    screen_norm_factor: float = 10.0
-    screen_max_examples: int = 10_000_000
-    inject_faults: str | None = None
-    data_version: int | None = None  # the synthetic generators' version; None: real data
+    method: str = setting(
+        "fedbcs", "the federated method (docs/algorithms.md)", choices=METHODS, per_run=True
+    )
+    dataset: str = setting("synthetic-nuclei", "the data set", choices=DATA_SOURCES)
+    data_root: str | None = setting(
+        None,
+        f"folder of a real data set ({', '.join(file_sources())})",
+        none_means="none (synthetic data)",
+        flower="node",
+    )
+    sites: list[str] | None = setting(None, "comma-separated site names", none_means="all")
+    split_file: str | None = setting(
+        None,
+        "a split.json of an earlier run, to reuse its split",
+        none_means="a new split, drawn by the seed",
+        flower="node",
+    )
+    rounds: int = setting(30, "federated rounds", interval=AT_LEAST_ONE)
+    local_epochs: int = setting(1, "local epochs per round", interval=AT_LEAST_ONE)
+    clients_per_round: int | None = setting(
+        None,
+        "clients trained each round, drawn by the seed",
+        none_means="every client",
+        interval=AT_LEAST_ONE,
+        flower_none=0,
+    )
+    batch_size: int = setting(6, "training batch size", interval=AT_LEAST_ONE)
+    eval_batch_size: int = setting(
+        16,
+        "batch size of every evaluation; scores depend on it (BatchNorm uses batch "
+        "statistics), and 16 is the released code's",
+        interval=AT_LEAST_ONE,
+    )
+    optimizer: str | None = setting(
+        None,
+        "the local optimiser",
+        none_means="the dataset's",
+        choices=("adam", "sgd"),
+    )
+    lr: float | None = setting(
+        None,
+        "learning rate",
+        none_means="the dataset's",
+        interval=POSITIVE,
+        flower_none=0.0,
+    )
+    weight_decay: float = setting(1e-4, "the optimiser's weight decay", interval=NON_NEGATIVE)
+    momentum: float | None = setting(
+        None,
+        "SGD momentum",
+        none_means="the dataset's: nuclei 0, as released, else 0.9",
+        interval="[0, 1]",
+    )
+    dice_loss_classes: str = setting(
+        "all",
+        "classes the soft Dice loss averages over (all: background too, as released)",
+        choices=DICE_LOSS_CLASSES,
+    )
+    nuclei_intensity: str = setting(
+        "minmax",
+        "real nuclei images: per-image min-max (released) or ÷ the pixel type's maximum",
+        choices=NUCLEI_INTENSITIES,
+    )
+    seed: int = setting(
+        0, "draws the synthetic data or the split, the weights, batches, clients", per_run=True
+    )
+    image_size: int | None = setting(
+        None,
+        "image side in pixels",
+        none_means="the dataset's",
+        interval=AT_LEAST_ONE,
+        flower_none=0,
+    )
+    n_train: int = setting(
+        24, "synthetic only: mean training images per site", interval=AT_LEAST_ONE
+    )
+    n_test: int = setting(12, "synthetic only: mean test images per site", interval=AT_LEAST_ONE)
+    init_features: int = setting(16, "channels of the UNet's first stage", interval=AT_LEAST_ONE)
+    device: str = setting("cpu", "torch device, e.g. cuda")
+    eval_every: int = setting(
+        1, "evaluate every N rounds, and after the last", interval=AT_LEAST_ONE
+    )
+    checkpoint_every: int = setting(
+        1, "checkpoint every N rounds, and after the last", interval=AT_LEAST_ONE, flower="extra"
+    )
+    client_timeout: float | None = setting(
+        None,
+        "seconds a client may take",
+        none_means="no limit",
+        interval=POSITIVE,
+        flower="extra",
+    )
+    screen_norm_factor: float = setting(
+        10.0,
+        "reject updates this many times the median norm (0: off)",
+        interval=NON_NEGATIVE,
+        flower="extra",
+    )
+    screen_max_examples: int = setting(
+        10_000_000, "reject replies claiming more examples", interval=AT_LEAST_ONE, flower="extra"
+    )
+    inject_faults: str | None = setting(
+        None,
+        "fault drill, e.g. site-B:nan@2 (docs/reliability.md)",
+        none_means="none",
+        flower="extra",
+    )
+    data_version: int | None = setting(
+        None,
+        "the version of the synthetic data's generator",
+        none_means="the data set's (none for real data)",
+        interval=AT_LEAST_ONE,
+        cli=False,
+        flower="extra",
+    )
     method_options: dict = field(default_factory=dict)
     # The method defaults the file was written with: from_json makes an older file's old
     # defaults explicit in method_options (BEFORE_BASELINE_FIXES_METHOD_OPTIONS).
@@ -76,9 +172,9 @@ class RunConfig:
         filled in where a field is None; ``ValueError`` for an unknown dataset."""
         source = data_source(self.dataset)
         out = dataclasses.replace(self, method_options=dict(self.method_options))
-        for name in ("optimizer", "lr", "momentum", "image_size"):
-            if getattr(out, name) is None:
-                setattr(out, name, getattr(source.defaults, name))
+        for default in dataclasses.fields(source.defaults):  # tau is a method option's
+            if default.name in RUN_SETTINGS and getattr(out, default.name) is None:
+                setattr(out, default.name, getattr(source.defaults, default.name))
         if out.data_version is None:
             out.data_version = source.version
         return out
@@ -88,27 +184,57 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> RunConfig:
-        data = json.loads(text)
-        version = data.get("version")
+        return cls.from_dict(json.loads(text), source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> RunConfig:
+        """The config of field → value ``data``: a saved ``config.json`` (it has a
+        ``version``), read as its run ran, or some fields, the others at their defaults.
+
+        ``ValueError`` naming ``source`` for another config version, an unknown field, or
+        a value its :class:`~fedbcs_fl.schema.Setting` does not allow.
+        """
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{source} has unknown fields: {', '.join(unknown)}; valid: {', '.join(known)}"
+            )
+        if "version" in data:
+            data = cls._as_it_ran(data, source)
+        values = dict(data)
+        for name, declared in RUN_SETTINGS.items():
+            if name in values:
+                try:
+                    values[name] = declared.check(values[name])
+                except ValueError as error:
+                    raise ValueError(f"{source}: {name} {error}") from None
+        if not isinstance(values.get("method_options", {}), dict):
+            raise ValueError(f"{source}: method_options must be a table of option → value")
+        return cls(**values)
+
+    @classmethod
+    def _as_it_ran(cls, data: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """A saved config's fields with what its run used where it was written before a
+        setting existed (:data:`BEFORE_FIDELITY`, :data:`BEFORE_BASELINE_FIXES_METHOD_OPTIONS`,
+        the generators' first version)."""
+        version = data["version"]
         if version != CONFIG_VERSION:
             raise ValueError(
                 f"{source} was written by config version {version}; this fedbcs reads "
                 f"version {CONFIG_VERSION}"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source} has unknown fields: {', '.join(unknown)}")
+        data = dict(data)
         if "data_version" not in data and data_source(data.get("dataset", cls.dataset)).version:
-            data = {**data, "data_version": 1}  # written before the generators had versions
+            data["data_version"] = 1  # written before the generators had versions
         if not set(BEFORE_FIDELITY) & set(data):
             data = cls._before_fidelity(data)
         if "method_defaults_version" not in data:
             # The old defaults become explicit options, so the loaded config, now of the
             # current version, runs as the file's run did.
             legacy = BEFORE_BASELINE_FIXES_METHOD_OPTIONS.get(data.get("method", cls.method), {})
-            data = {**data, "method_options": {**legacy, **data.get("method_options", {})}}
-        return cls(**data)
+            data["method_options"] = {**legacy, **data.get("method_options", {})}
+        return data
 
     @classmethod
     def _before_fidelity(cls, data: dict) -> dict:
@@ -123,5 +249,18 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
+        """The config in ``path``: JSON (e.g. a run folder's ``config.json``) or, for a
+        ``.toml`` file, TOML, with the field names of ``config.json`` (:meth:`from_dict`)."""
         path = Path(path)
-        return cls.from_json(path.read_text(), source=str(path))
+        text = path.read_text()
+        try:
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not valid {path.suffix[1:] or 'JSON'}: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold an object of field → value")
+        return cls.from_dict(data, source=str(path))
+
+
+# The run settings, by field name: what each is, what it may be, where it is given.
+RUN_SETTINGS = settings_of(RunConfig)

@@ -7,10 +7,13 @@ are imported when a method is first asked for.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from ..config import RunConfig
 from ..data.sources import data_source
 from .base import Algorithm, ClientUpdate, LocalContext
+
+if TYPE_CHECKING:  # the config names the methods, so it imports this package
+    from ..config import RunConfig
 
 # method name → (module in this package, class name), in the order of paper Table 1.
 METHODS: dict[str, tuple[str, str]] = {

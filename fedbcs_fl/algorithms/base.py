@@ -11,75 +11,27 @@ Server side (one round):
     ``aggregate(updates, global_weights, global_payload)`` → next weights and payload.
 
 A method subclasses :class:`Algorithm` and overrides only what differs; hyper-parameters
-are declared in ``options`` (name → default) and read from ``self.opt``, and the payload
-its clients send in ``uploads`` (:mod:`fedbcs_fl.payload`).
+are declared in ``options`` (name → :class:`~fedbcs_fl.schema.Option`: default, help, what
+values it may take) and read from ``self.opt``, and the payload its clients send in
+``uploads`` (:mod:`fedbcs_fl.payload`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..aggregation import weighted_average
-from ..config import RunConfig
 from ..data.sources import data_source
 from ..losses import check_dice_loss_classes, segmentation_loss
 from ..payload import PrototypeSet, Upload, prototype_sets
+from ..schema import Option
 
-# What each method option may be, by name: a name means the same thing in every method
-# that has it (``tau`` is always a temperature, ``mu`` and ``lambda_*`` loss weights).
-# Checked when an algorithm is built, so a bad value stops the run before any data is read.
-# An interval is written as text, e.g. ``"(0, inf)"``; every bound must also be finite.
-OPTION_RANGES: dict[str, str] = {
-    "tau": "(0, inf)",
-    "proto_dim": "[1, inf)",
-    "proj_dim": "[1, inf)",
-    "uniformity_samples": "[2, inf)",
-    "alpha_sparsity": "(0, inf)",
-    "alpha": "[0, inf)",
-    "amplitude_ratio": "[0, 0.5)",
-    "amplitude_momentum": "[0, 1]",
-    "mu": "[0, inf)",
-}
-LOSS_WEIGHT_RANGE = "[0, inf)"  # every ``lambda_*``
-OPTION_CHOICES: dict[str, tuple[str, ...]] = {
-    "fsr_gate": ("static", "adaptive"),
-    "fusion": ("deepest", "adjacent"),
-    "contrast": ("released", "exact"),
-    "variance_target": ("labels", "balanced"),
-    "uniformity_sigma": ("released", "detached"),
-    "prototype_pass": ("after-training", "last-epoch"),
-}
-
-
-def option_range(name: str) -> str:
-    if name.startswith("lambda_"):
-        return OPTION_RANGES.get(name, LOSS_WEIGHT_RANGE)
-    if name not in OPTION_RANGES:
-        raise KeyError(f"option {name!r} has no range in OPTION_RANGES")
-    return OPTION_RANGES[name]
-
-
-def check_option(name: str, value: Any) -> None:
-    """Raise ``ValueError`` naming ``name`` when ``value`` is outside what it may be."""
-    if isinstance(value, bool):
-        return
-    if name in OPTION_CHOICES:
-        if value not in OPTION_CHOICES[name]:
-            raise ValueError(
-                f"{name} must be one of {', '.join(OPTION_CHOICES[name])}; got {value!r}"
-            )
-        return
-    interval = option_range(name)
-    low, high = (float(b) for b in interval[1:-1].split(","))
-    above = value >= low if interval[0] == "[" else value > low
-    below = value <= high if interval[-1] == "]" else value < high
-    if not (above and below and math.isfinite(value)):  # NaN fails every comparison
-        raise ValueError(f"{name} must be in {interval}; got {value}")
+if TYPE_CHECKING:  # the config names the methods, so it imports this package
+    from ..config import RunConfig
 
 
 @dataclass
@@ -136,10 +88,10 @@ class Algorithm:
     """FedAvg (McMahan et al. 2017): size-weighted mean of the weights, no extra loss."""
 
     name: ClassVar[str] = "fedavg"
-    # Hyper-parameter name → default; None means "the dataset's default" (e.g. tau).
-    options: ClassVar[dict[str, Any]] = {}
-    # Option name → what it is, one line for ``fedbcs train --help``.
-    option_help: ClassVar[dict[str, str]] = {}
+    # Hyper-parameter name → its declaration: default, help (``fedbcs train --help``) and
+    # the values it may take. A default of None is the dataset's (RunDefaults, e.g. tau).
+    # A name is one command-line flag for every method that has it, so it has one type.
+    options: ClassVar[dict[str, Option]] = {}
     # What a client sends beside its weights (fedbcs_fl/payload.py): screening checks every
     # reply against it, the fault drills and paper Table 3 read its prototype sets. A
     # method whose payload depends on its options makes this a property.
@@ -153,14 +105,17 @@ class Algorithm:
         if unknown:
             valid = ", ".join(sorted(self.options)) or "none"
             raise ValueError(f"{self.name} has no option {', '.join(unknown)}; valid: {valid}")
-        self.opt = dict(self.options)
-        for key, value in config.method_options.items():
-            if value is not None:
-                self.opt[key] = value
-        for key, value in self.opt.items():
+        self.opt = {}
+        for key, option in self.options.items():
+            value = config.method_options.get(key)
             if value is None:
-                self.opt[key] = getattr(data_source(config.dataset).defaults, key)
-            check_option(key, self.opt[key])
+                value = option.default
+            if value is None:
+                value = getattr(data_source(config.dataset).defaults, key)
+            try:
+                self.opt[key] = option.check(value)
+            except ValueError as error:
+                raise ValueError(f"{self.name} option {key} {error}") from None
         check_dice_loss_classes(config.dice_loss_classes)
 
     # ---- model --------------------------------------------------------------------

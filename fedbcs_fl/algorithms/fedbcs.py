@@ -24,13 +24,17 @@ partition) over the client prototypes, the cluster means, and their mean (eq. 13
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
+
+from fedbcs_models import FUSIONS
+from fedbcs_ops import GATES
 
 from ..aggregation import cluster_class_prototypes
 from ..losses import capped_multi_positive_infonce, multi_positive_infonce
 from ..payload import PrototypeSet
+from ..schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Option
 from ._protos import class_mean_payload
 from .base import Algorithm, ClientUpdate, LocalContext
 
@@ -45,15 +49,37 @@ CONTRASTS = {"released": capped_multi_positive_infonce, "exact": multi_positive_
 
 class FedBCS(Algorithm):
     name = "fedbcs"
-    options: ClassVar[dict[str, Any]] = {
-        "tau": None,  # InfoNCE temperature; None: the dataset's (0.005 nuclei, 0.4 prostate)
-        "proto_dim": 256,  # channels per fused level; the embedding has 3× as many
-        "fsr": True,  # FSR after encoder stages 2–4 (ablation: --no-fsr)
-        "cdpa": True,  # prototype alignment (ablation: --no-cdpa)
-        "fsr_gate": "static",  # released behaviour; "adaptive" is paper eq. 6
-        "fusion": "deepest",  # released behaviour; "adjacent" is paper eq. 10
-        "lambda_consis": 1.0,  # weight of L_consis
-        "contrast": "released",  # capped exponentials, as released; "exact" is log space
+    options: ClassVar[dict[str, Option]] = {
+        "tau": Option(
+            None,
+            "τ, the InfoNCE temperature of L_contra",
+            none_means="the dataset's: nuclei sets 0.005, prostate sets 0.4, the paper's best",
+            type=float,
+            interval=POSITIVE,
+        ),
+        "proto_dim": Option(
+            256,
+            "channels per fused level of a stream's embedding (3 levels: D = 3 × this)",
+            interval=AT_LEAST_ONE,
+        ),
+        "fsr": Option(True, "FSR after encoder stages 2–4 (off: paper Table 2's CDPA only)"),
+        "cdpa": Option(True, "CDPA, the prototype alignment (off: paper Table 2's FSR only)"),
+        "fsr_gate": Option(
+            "static", "FSR's gate: static as released, adaptive as paper eq. 6", choices=GATES
+        ),
+        "fusion": Option(
+            "deepest",
+            "embedding fusion: each level with the deepest, as released, or adjacent, as "
+            "paper eq. 10",
+            choices=FUSIONS,
+        ),
+        "lambda_consis": Option(1.0, "λ, the weight of L_consis", interval=NON_NEGATIVE),
+        "contrast": Option(
+            "released",
+            "L_contra's InfoNCE: released, with the released code's capped exponentials, "
+            "or exact, in log space (docs/fidelity.md)",
+            choices=tuple(CONTRASTS),
+        ),
     }
 
     def build_model(self):

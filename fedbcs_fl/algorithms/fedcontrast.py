@@ -28,12 +28,13 @@ a lossy transport, are still told apart correctly.
 from __future__ import annotations
 
 import secrets
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..aggregation import weighted_average
 from ..payload import ClientId, StepCounts
+from ..schema import NON_NEGATIVE, POSITIVE, Option
 from ._protos import (
     PIXEL_PROTOTYPES,
     PixelPrototypeAlgorithm,
@@ -58,15 +59,18 @@ def others_mask(payload: dict[str, torch.Tensor], owner: int, own: torch.Tensor)
 
 class FedContrast(PixelPrototypeAlgorithm):
     name = "fedcontrast"
-    options: ClassVar[dict[str, Any]] = {
-        "tau": 0.1,
-        "lambda_own": 1.0,
-        "lambda_others": 1.0,
-    }
-    option_help: ClassVar[dict[str, str]] = {
-        "tau": "InfoNCE temperature of both contrasts",
-        "lambda_own": "weight of L_own, the contrast with the client's own prototypes",
-        "lambda_others": "weight of L_others, the contrast with the other clients' prototypes",
+    options: ClassVar[dict[str, Option]] = {
+        "tau": Option(0.1, "InfoNCE temperature of both contrasts", interval=POSITIVE),
+        "lambda_own": Option(
+            1.0,
+            "weight of L_own, the contrast with the client's own prototypes",
+            interval=NON_NEGATIVE,
+        ),
+        "lambda_others": Option(
+            1.0,
+            "weight of L_others, the contrast with the other clients' prototypes",
+            interval=NON_NEGATIVE,
+        ),
     }
     uploads = (PIXEL_PROTOTYPES, StepCounts("steps"), ClientId("owner"))
 

@@ -26,13 +26,14 @@ all clients' cluster prototypes; down go the global cluster prototypes (``protos
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from fedbcs_ops import class_sums
 
 from ..aggregation import cluster_class_rows
+from ..schema import NON_NEGATIVE, POSITIVE, Option
 from ._protos import (
     PixelPrototypeAlgorithm,
     cosine,
@@ -65,18 +66,20 @@ def image_class_means(features: torch.Tensor, masks: torch.Tensor, num_classes: 
 
 class FedPLVM(PixelPrototypeAlgorithm):
     name = "fedplvm"
-    options: ClassVar[dict[str, Any]] = {
-        "tau": 0.07,
-        "alpha_sparsity": 0.25,
-        "lambda_plvm": 100.0,
-        "prototype_pass": "after-training",
-    }
-    option_help: ClassVar[dict[str, str]] = {
-        "tau": "temperature of the α-sparsity InfoNCE L_α",
-        "alpha_sparsity": "α, the power of the clamped cosines in L_α",
-        "lambda_plvm": "λ, weight of L_α + L_corr, as released",
-        "prototype_pass": "after-training: local prototypes from a pass of the trained model "
-        "over the last epoch's batches, as released; last-epoch: from the training steps",
+    options: ClassVar[dict[str, Option]] = {
+        "tau": Option(0.07, "temperature of the α-sparsity InfoNCE L_α", interval=POSITIVE),
+        "alpha_sparsity": Option(
+            0.25, "α, the power of the clamped cosines in L_α", interval=POSITIVE
+        ),
+        "lambda_plvm": Option(
+            100.0, "λ, weight of L_α + L_corr, as released", interval=NON_NEGATIVE
+        ),
+        "prototype_pass": Option(
+            "after-training",
+            "after-training: local prototypes from a pass of the trained model over the last "
+            "epoch's batches, as released; last-epoch: from the training steps",
+            choices=("after-training", "last-epoch"),
+        ),
     }
 
     def begin_local(self, model, ctx):

@@ -17,12 +17,13 @@ unweighted mean of the clients' prototypes (``mean`` [K, D] and ``mean_present``
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from fedbcs_ops import prototypes_from_sums
 
+from ..schema import NON_NEGATIVE, Option
 from ._protos import PixelPrototypeAlgorithm, class_mean_gap, mean_or_zero, pixel_rows
 
 
@@ -36,11 +37,12 @@ def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor, num_classes:
 
 class FedProto(PixelPrototypeAlgorithm):
     name = "fedproto"
-    options: ClassVar[dict[str, Any]] = {
-        "lambda_proto": 1.0,
-    }
-    option_help: ClassVar[dict[str, str]] = {
-        "lambda_proto": "weight of the class-balanced squared-distance penalty L_proto",
+    options: ClassVar[dict[str, Option]] = {
+        "lambda_proto": Option(
+            1.0,
+            "weight of the class-balanced squared-distance penalty L_proto",
+            interval=NON_NEGATIVE,
+        ),
     }
 
     def prototype_loss(self, features, masks, ctx):

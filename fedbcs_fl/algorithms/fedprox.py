@@ -14,10 +14,11 @@ Options:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
+from ..schema import NON_NEGATIVE, Option
 from .base import Algorithm, LocalContext
 
 ANCHOR_KEY = "fedprox/global_parameters"
@@ -30,8 +31,10 @@ def proximal_term(parameters, anchors) -> torch.Tensor:
 
 class FedProx(Algorithm):
     name = "fedprox"
-    options: ClassVar[dict[str, Any]] = {
-        "mu": 0.01,  # weight of the proximal term
+    options: ClassVar[dict[str, Option]] = {
+        "mu": Option(
+            0.01, "μ, weight of the proximal term μ/2 · ‖w − w_global‖²", interval=NON_NEGATIVE
+        ),
     }
 
     def begin_local(self, model, ctx: LocalContext):

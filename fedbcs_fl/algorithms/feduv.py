@@ -37,11 +37,12 @@ Options:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from ..schema import NON_NEGATIVE, Option
 from ._features import build_tapped_unet
 from .base import Algorithm, LocalContext
 
@@ -92,22 +93,29 @@ def uniformity_term(features: torch.Tensor, sigma: str) -> torch.Tensor:
 
 class FedUV(Algorithm):
     name = "feduv"
-    options: ClassVar[dict[str, Any]] = {
-        "lambda_variance": 2.5,
-        "lambda_uniformity": 0.5,
-        "uniformity_samples": 2048,
-        "variance_target": "labels",
-        "uniformity_sigma": "released",
-    }
-    option_help: ClassVar[dict[str, str]] = {
-        "lambda_variance": "weight of the prediction-variance hinge",
-        "lambda_uniformity": "weight of the feature-uniformity potential",
-        "uniformity_samples": "most pixel features (sampled) in the uniformity term",
-        "variance_target": "labels: γ_c = spread of the one-hot labels of class c in the "
-        "batch, what a perfect prediction reaches; balanced: γ = 1/√C (the classification "
-        "original's, unreachable for 2 classes)",
-        "uniformity_sigma": "released: σ = median of the non-zero squared distances, with "
-        "gradient; detached: median of all, without",
+    options: ClassVar[dict[str, Option]] = {
+        "lambda_variance": Option(
+            2.5, "weight of the prediction-variance hinge", interval=NON_NEGATIVE
+        ),
+        "lambda_uniformity": Option(
+            0.5, "weight of the feature-uniformity potential", interval=NON_NEGATIVE
+        ),
+        "uniformity_samples": Option(
+            2048, "most pixel features (sampled) in the uniformity term", interval="[2, inf)"
+        ),
+        "variance_target": Option(
+            "labels",
+            "labels: γ_c = spread of the one-hot labels of class c in the batch, what a "
+            "perfect prediction reaches; balanced: γ = 1/√C (the classification original's, "
+            "unreachable for 2 classes)",
+            choices=("labels", "balanced"),
+        ),
+        "uniformity_sigma": Option(
+            "released",
+            "released: σ = median of the non-zero squared distances, with gradient; "
+            "detached: median of all, without",
+            choices=("released", "detached"),
+        ),
     }
 
     def build_model(self):

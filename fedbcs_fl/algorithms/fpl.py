@@ -19,8 +19,9 @@ partition) over the clients' prototypes; down go the cluster means (``protos``,
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from ..schema import POSITIVE, Option
 from ._protos import (
     PixelPrototypeAlgorithm,
     class_mean_gap,
@@ -33,8 +34,10 @@ from ._protos import (
 
 class FPL(PixelPrototypeAlgorithm):
     name = "fpl"
-    options: ClassVar[dict[str, Any]] = {
-        "tau": 0.02,  # InfoNCE temperature
+    options: ClassVar[dict[str, Option]] = {
+        "tau": Option(
+            0.02, "InfoNCE temperature of the cluster-prototype contrast", interval=POSITIVE
+        ),
     }
 
     def prototype_loss(self, features, masks, ctx):

@@ -27,13 +27,14 @@ Options:
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..losses import multi_positive_infonce
+from ..schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Option
 from ._features import TappedUNet, build_tapped_unet
 from .base import Algorithm, LocalContext
 
@@ -89,10 +90,10 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 
 class MOON(Algorithm):
     name = "moon"
-    options: ClassVar[dict[str, Any]] = {
-        "mu": 1.0,  # weight of the model-contrastive term
-        "tau": 0.5,  # temperature of the model-contrastive term
-        "proj_dim": 256,  # output width of the projection head
+    options: ClassVar[dict[str, Option]] = {
+        "mu": Option(1.0, "μ, weight of the model-contrastive term", interval=NON_NEGATIVE),
+        "tau": Option(0.5, "temperature of the model-contrastive term", interval=POSITIVE),
+        "proj_dim": Option(256, "output width of the projection head", interval=AT_LEAST_ONE),
     }
 
     def build_model(self):

@@ -1,12 +1,14 @@
 """Flower's flat run and node configs ↔ :class:`~fedbcs_fl.config.RunConfig`.
 
-The run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden by
-``flwr run --run-config``) has one kebab-case key per RunConfig field; "" stands for None
-(the dataset's default, or "all"), and so does 0 where 0 is no valid value
-(``ZERO_MEANS_NONE``; a momentum of 0 is a momentum); ``method-options`` and
-``extra-config`` (any other RunConfig field) are JSON objects. Data
+Derived from the run settings' declarations (:data:`~fedbcs_fl.config.RUN_SETTINGS`,
+their ``flower``): the run config (``[tool.flwr.app.config]`` in pyproject.toml,
+overridden by ``flwr run --run-config``) has one kebab-case key per setting declared
+``flower="key"``; "" stands for None, and so does the setting's ``flower_none`` (0 where
+0 is no valid value; a momentum of 0 is a momentum). ``method-options`` and
+``extra-config`` (the settings declared ``flower="extra"``) are JSON objects. Data
 location is per node: each SuperNode's node config names its ``partition-id`` and, where
-needed, ``dataset``, ``data-root``, ``split-file`` and ``site``.
+needed, ``dataset``, ``site`` and the settings declared ``flower="node"`` (``data-root``,
+``split-file``).
 """
 
 from __future__ import annotations
@@ -16,39 +18,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RUN_SETTINGS, RunConfig
 from ..data import SYNTHETIC_SITES, load_sites
 from ..data.base import SiteData
 
+
+def _declared(where: str) -> tuple[str, ...]:
+    return tuple(name for name, declared in RUN_SETTINGS.items() if declared.flower == where)
+
+
 # RunConfig fields with a key of their own in ``[tool.flwr.app.config]`` (kebab-case).
-FLAT_FIELDS = (
-    "method",
-    "dataset",
-    "sites",
-    "rounds",
-    "local_epochs",
-    "clients_per_round",
-    "batch_size",
-    "eval_batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "momentum",
-    "dice_loss_classes",
-    "nuclei_intensity",
-    "seed",
-    "image_size",
-    "n_train",
-    "n_test",
-    "init_features",
-    "device",
-    "eval_every",
-)
-# Flat fields whose None is written 0 (0 is never a valid value of theirs); other None
-# fields are written "".
-ZERO_MEANS_NONE = ("clients_per_round", "image_size", "lr")
+FLAT_FIELDS = _declared("key")
+# RunConfig fields in the ``extra-config`` JSON object, where they differ from the default.
+EXTRA_FIELDS = _declared("extra")
 # RunConfig fields that are not run-wide: the node config says where its data is.
-NODE_FIELDS = ("data_root", "split_file")
+NODE_FIELDS = _declared("node")
 # Flower-side settings of a run, beside the RunConfig fields (defaults in pyproject.toml).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "min-nodes": 2,
@@ -56,7 +40,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "fail-partition": -1,
     "out-dir": "",
 }
-# JSON-object keys: the method's hyper-parameters, and any other RunConfig field.
+# JSON-object keys: the method's hyper-parameters, and the EXTRA_FIELDS.
 JSON_KEYS = ("method-options", "extra-config")
 
 
@@ -64,29 +48,20 @@ def _key(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name != "method_options"}
-
-
 def to_run_config(config: RunConfig, **engine: Any) -> dict[str, Any]:
-    """The Flower run config of ``config`` plus engine settings (e.g. ``out_dir=``).
-
-    Fields without a key of their own go, where they differ from their default, into
-    ``extra-config``.
-    """
+    """The Flower run config of ``config`` plus engine settings (e.g. ``out_dir=``)."""
     flat: dict[str, Any] = {}
     for name in FLAT_FIELDS:
         value = getattr(config, name)
         if value is None:
-            value = 0 if name in ZERO_MEANS_NONE else ""
+            value = RUN_SETTINGS[name].flower_none
         elif isinstance(value, list):
             value = ",".join(value)
         flat[_key(name)] = value
-    skip = {*FLAT_FIELDS, *NODE_FIELDS, "version"}
     extra = {
         name: getattr(config, name)
-        for name, default in _defaults().items()
-        if name not in skip and getattr(config, name) != default
+        for name in EXTRA_FIELDS
+        if getattr(config, name) != RUN_SETTINGS[name].default
     }
     flat["method-options"] = json.dumps(config.method_options, sort_keys=True)
     flat["extra-config"] = json.dumps(extra, sort_keys=True)
@@ -110,31 +85,33 @@ def from_run_config(
     run_config: Mapping[str, Any], node_config: Mapping[str, Any] = {}
 ) -> RunConfig:
     """The resolved RunConfig of a Flower run config (and a node's data location)."""
-    defaults = _defaults()
     values: dict[str, Any] = {}
     for name in FLAT_FIELDS:
         if _key(name) not in run_config:
             continue
-        value = run_config[_key(name)]
-        if defaults[name] is None and (value == "" or (value == 0 and name in ZERO_MEANS_NONE)):
+        value, declared = run_config[_key(name)], RUN_SETTINGS[name]
+        if declared.default is None and value in ("", declared.flower_none):
             value = None
-        elif name == "sites":
-            value = [s.strip() for s in str(value).split(",") if s.strip()] or None
+        elif declared.type is list:
+            value = declared.parse(str(value)) or None
         values[name] = value
     extra = _json_object(run_config, "extra-config")
-    unknown = sorted(set(extra) - set(defaults) | set(extra) & {*FLAT_FIELDS, *NODE_FIELDS})
+    unknown = sorted(set(extra) - set(EXTRA_FIELDS))
     if unknown:
-        raise ValueError(f"extra-config cannot set {', '.join(unknown)}")
+        raise ValueError(
+            f"extra-config cannot set {', '.join(unknown)}; valid: {', '.join(EXTRA_FIELDS)}"
+        )
     values |= extra
     for name in NODE_FIELDS:
         if node_config.get(_key(name)):
             values[name] = str(node_config[_key(name)])
     dataset = node_config.get("dataset")
-    if dataset and dataset != values.get("dataset", defaults["dataset"]):
+    if dataset and dataset != values.get("dataset", RunConfig.dataset):
         raise ValueError(
             f"this node holds {dataset!r} data but the run trains on {values.get('dataset')!r}"
         )
-    return RunConfig(**values, method_options=_json_object(run_config, "method-options")).resolved()
+    values["method_options"] = _json_object(run_config, "method-options")
+    return RunConfig.from_dict(values, source="the Flower run config").resolved()
 
 
 def engine_setting(run_config: Mapping[str, Any], name: str) -> Any:

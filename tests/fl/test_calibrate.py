@@ -213,7 +213,7 @@ def _exit_and_error(args, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["--dataset", "mnist"], "must be one of synthetic-nuclei, synthetic-prostate,"),
         (["--seeds", "0"], "must be a positive integer"),
         (["--sites", "site-A"], "need at least 2"),
         (["--sites", "site-A,site-Z"], "valid sites"),

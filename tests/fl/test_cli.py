@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedbcs_fl.algorithms import build_algorithm
-from fedbcs_fl.cli import _common_argv, build_parser, config_from_args, main
+from fedbcs_fl.cli import build_parser, config_from_args, main
+from fedbcs_fl.compare import run_config
 from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION
 
 from .._tiny import tiny_argv
@@ -71,16 +72,17 @@ def test_baseline_delta_in_summary(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--method", "fedmagic"], "invalid choice: 'fedmagic' (choose from"),
-        (["train", "--dataset", "mnist"], "invalid choice: 'mnist'"),
-        (["train", "--rounds", "0"], "must be a positive integer"),
+        (["train", "--method", "fedmagic"], "--method: must be one of fedavg, fedprox,"),
+        (["train", "--dataset", "mnist"], "dataset: must be one of synthetic-nuclei,"),
+        (["train", "--rounds", "0"], "rounds: must be in [1, inf); got 0"),
+        (["train", "--lr", "fast"], "lr: must be a number; got 'fast'"),
         (["train", "--method", "fedavg", "--tau", "0.1"], "fedavg has no option tau"),
         (["train", "--method", "fedbcs", "--tau", "-1"], "tau must be in (0, inf); got -1.0"),
         (["train", "--method", "fedprox", "--mu", "nan"], "mu must be in [0, inf); got nan"),
         (["train", "--method", "fedbcs", "--fusion", "sideways"], "fusion must be one of"),
         (["train", "--contrast", "capped"], "contrast must be one of released, exact"),
-        (["train", "--dice-loss-classes", "background"], "invalid choice: 'background'"),
-        (["train", "--nuclei-intensity", "unit"], "invalid choice: 'unit'"),
+        (["train", "--dice-loss-classes", "background"], "one of all, foreground; got 'back"),
+        (["train", "--nuclei-intensity", "unit"], "must be one of minmax, dtype; got 'unit'"),
         (["train", "--dataset", "prostate"], "give --data-root"),
     ],
 )
@@ -117,11 +119,9 @@ def test_fidelity_settings_reach_the_run_and_compare_passes_them_on():
     config = config_from_args(parse(["train", "--contrast", "exact", *FIDELITY_FLAGS]))
     assert _fidelity_settings(config) == ("foreground", 4, "dtype", 0.0)
     assert build_algorithm(config).opt["contrast"] == "exact"
-    # compare hands its options to every run's ``fedbcs train``.
-    passed = _common_argv(parse(["compare", "--out", "cmp", *FIDELITY_FLAGS]))
-    assert _fidelity_settings(config_from_args(parse(["train", *passed]))) == (
-        _fidelity_settings(config)
-    )
+    # compare hands its settings to every run, as ``fedbcs train`` would take them.
+    settings = config_from_args(parse(["compare", "--out", "cmp", *FIDELITY_FLAGS]))
+    assert run_config(settings, "fedbcs/contrast=exact", 0) == config
 
 
 @pytest.mark.e2e
@@ -135,3 +135,26 @@ def test_eval_scores_at_the_eval_batch_size_given(tmp_path, capsys, eval_batch_s
     checkpoint = str(run / "model.safetensors")
     assert main(["eval", "--checkpoint", checkpoint, "--eval-batch-size", "2"]) == 0
     assert set(seen) == {2}
+
+
+def test_train_help_shows_every_run_setting_with_its_help(capsys):
+    from fedbcs_fl.config import RUN_SETTINGS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name, declared in RUN_SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        assert (flag in text) == declared.cli, name
+        if declared.cli:
+            assert " ".join(declared.describe().split()) in text, name
+
+
+def test_compare_and_calibrate_take_the_shared_settings_but_not_a_seed(capsys):
+    parse = build_parser().parse_args
+    settings = config_from_args(parse(["compare", "--out", "cmp", "--screen-norm-factor", "0"]))
+    assert settings.screen_norm_factor == 0  # every shared setting reaches the runs
+    for command in (["compare", "--out", "cmp"], ["calibrate-data"]):
+        with pytest.raises(SystemExit):
+            parse([*command, "--seed", "3"])
+        assert "give --seeds N, not --seed" in capsys.readouterr().err

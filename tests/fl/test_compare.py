@@ -7,21 +7,24 @@ import pytest
 from fedbcs_fl.algorithms import METHODS
 from fedbcs_fl.cli import main
 from fedbcs_fl.compare import (
+    RUN_CONFIG_FILE,
     _curve_style,
     expand_methods,
     parse_spec,
     run_dir,
     table3,
 )
+from fedbcs_fl.config import RunConfig
 from fedbcs_fl.results import BEST_ROUND_CAPTION, FINAL_ROUND_CAPTION, table1
+from fedbcs_fl.run_folder import read_config
 
 from .._tiny import tiny_argv
 
 
-def test_parse_spec_turns_changes_into_train_arguments():
-    assert parse_spec("fedbcs") == ("fedbcs", [])
-    assert parse_spec("fedbcs/no-fsr/tau=0.1") == ("fedbcs", ["--no-fsr", "--tau", "0.1"])
-    assert parse_spec("moon/proj_dim=64") == ("moon", ["--proj-dim", "64"])
+def test_parse_spec_turns_changes_into_method_options():
+    assert parse_spec("fedbcs") == ("fedbcs", {})
+    assert parse_spec("fedbcs/no-fsr/tau=0.1") == ("fedbcs", {"fsr": False, "tau": 0.1})
+    assert parse_spec("moon/proj_dim=64") == ("moon", {"proj_dim": 64})
 
 
 @pytest.mark.parametrize(
@@ -30,12 +33,12 @@ def test_parse_spec_turns_changes_into_train_arguments():
         ("fedavgg", "valid: fedavg"),
         ("fedbcs/fsr", "use no-X or X=V"),
         ("fedbcs/tua=0.1", "fedbcs has no option tua; valid: cdpa, contrast, fsr,"),
-        ("fedbcs/tau=-1", "tau must be in \\(0, inf\\); got -1.0"),
-        ("fedbcs/tau=cold", "tau=cold is not a number"),
+        ("fedbcs/tau=-1", "fedbcs option tau must be in \\(0, inf\\); got -1.0"),
+        ("fedbcs/tau=cold", "tau must be a number; got 'cold'"),
         ("fedbcs/fsr=0", "write fsr as no-fsr"),
         ("fedbcs/no-tau", "write tau as tau=VALUE"),
         ("fedbcs/fusion=sideways", "fusion must be one of deepest, adjacent"),
-        ("moon/proj_dim=0.5", "proj_dim=0.5 is not a number"),
+        ("moon/proj_dim=0.5", "proj_dim must be an integer; got '0.5'"),
     ],
 )
 def test_parse_spec_names_the_problem(spec, message):
@@ -122,6 +125,12 @@ def test_compare_writes_reports_and_resumes(tmp_path, capsys):
         s: (run_dir(out, s, 0) / "model.safetensors").stat().st_mtime_ns
         for s in ("fedavg", "fedbcs/no-cdpa")
     }
+    # Each run ran the config compare wrote for it: the spec's method and options.
+    for spec in finished:
+        asked = RunConfig.load(run_dir(out, spec, 0) / RUN_CONFIG_FILE)
+        assert asked == read_config(run_dir(out, spec, 0))
+        assert (asked.method, asked.rounds, asked.image_size) == (spec.split("/")[0], 1, 32)
+    assert asked.method_options == {"cdpa": False}
 
     # An interrupted run: a folder without a model file, with a half-written log.
     broken = run_dir(out, "fedprox", 0)

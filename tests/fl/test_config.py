@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from fedbcs_fl.client import make_optimizer
@@ -70,3 +71,76 @@ def test_a_config_json_from_before_the_baseline_fixes_loads_with_the_old_default
     for method in ("fedavg", "fedproto", "fedcontrast"):  # nothing of theirs changed
         current = RunConfig(method=method).resolved()
         assert RunConfig.from_json(written_before(current)) == current
+
+
+# ---- config files: fedbcs train --config ----------------------------------------------
+
+
+def _parse(*argv):
+    from fedbcs_fl.cli import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+def test_train_runs_a_saved_config_json_with_the_flags_given_over_it(tmp_path):
+    from fedbcs_fl.cli import config_from_args
+
+    saved = RunConfig(method="fedbcs", rounds=7, batch_size=4, method_options={"tau": 0.2})
+    path = tmp_path / "config.json"
+    path.write_text(saved.resolved().to_json())
+    assert config_from_args(_parse("train", "--config", str(path))) == saved.resolved()
+    changed = config_from_args(_parse("train", "--config", str(path), "--rounds", "3", "--no-fsr"))
+    assert (
+        changed
+        == dataclasses.replace(
+            saved, rounds=3, method_options={"tau": 0.2, "fsr": False}
+        ).resolved()
+    )
+    # Another method: the file's method options were its method's, so they are left out.
+    other = config_from_args(_parse("train", "--config", str(path), "--method", "moon"))
+    assert (other.method, other.method_options, other.batch_size) == ("moon", {}, 4)
+
+
+def test_train_runs_a_toml_config_of_some_fields(tmp_path):
+    from fedbcs_fl.cli import config_from_args
+
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'method = "moon"\nrounds = 5\nlr = 1\nsites = ["site-A", "site-B"]\n\n'
+        "[method_options]\ntau = 0.3\n"
+    )
+    config = config_from_args(_parse("train", "--config", str(path), "--seed", "2"))
+    # The fields the file leaves out take today's defaults, not a legacy file's.
+    want = RunConfig(
+        method="moon", rounds=5, lr=1.0, sites=["site-A", "site-B"], seed=2,
+        method_options={"tau": 0.3},
+    )  # fmt: skip
+    assert config == want.resolved()
+    assert isinstance(config.lr, float)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("rounds = 3\nbatch-size = 4\n", "unknown fields: batch-size; valid: method,"),
+        ("rounds = 0\n", r"run.toml: rounds must be in \[1, inf\); got 0"),
+        ('dataset = "mnist"\n', "run.toml: dataset must be one of synthetic-nuclei,"),
+        ('lr = "fast"\n', "run.toml: lr must be a number; got 'fast'"),
+        ("version = 7\n", "run.toml was written by config version 7"),
+        ("method_options = 3\n", "run.toml: method_options must be a table"),
+        ("rounds = \n", "run.toml is not valid toml"),
+    ],
+)
+def test_a_bad_config_file_is_a_clear_error(tmp_path, text, message):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        RunConfig.load(path)
+
+
+def test_resume_takes_no_config_file(tmp_path, capsys):
+    from fedbcs_fl.cli import main
+
+    args = ["train", "--resume", str(tmp_path), "--config", str(tmp_path / "c.json")]
+    assert main(args) == 2
+    assert "--resume continues a run with its own config.json" in capsys.readouterr().err

@@ -18,8 +18,8 @@ from fedbcs_fl.algorithms.harmofl import (
     low_frequency_amplitude,
     swap_low_frequency_amplitude,
 )
-from fedbcs_fl.cli import build_parser, config_from_args
-from fedbcs_fl.compare import parse_spec
+from fedbcs_fl.compare import run_config
+from fedbcs_fl.config import RunConfig
 from fedbcs_fl.losses import segmentation_loss
 from fedbcs_fl.simulation import Simulation
 
@@ -96,10 +96,9 @@ def test_the_default_swaps_the_dc_amplitude_only_and_the_box_option_more():
 def test_the_box_is_one_spec_away():
     """``harmofl/alpha=0`` is FedAvg with the released amplitude layer (paper Fig. 4b);
     ``harmofl/alpha=0/amplitude_ratio=0.1`` the same with this project's former box."""
+    settings = RunConfig(image_size=32)
     for spec, side in (("harmofl/alpha=0", 1), ("harmofl/alpha=0/amplitude_ratio=0.1", 7)):
-        name, changes = parse_spec(spec)
-        argv = ["train", "--method", name, *changes, "--image-size", "32"]
-        config = config_from_args(build_parser().parse_args(argv))
+        config = run_config(settings, spec, seed=0)
         model = build_algorithm(config).build_model()
         assert model.amplitude_norm.running_amplitude.shape == (3, side, side)
         assert config.method_options["alpha"] == 0

@@ -8,6 +8,7 @@ raises (fault reporting).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -95,17 +96,41 @@ def test_state_round_trip_keeps_tensors_generators_and_structure():
         store(state, "k", {"m": model})
 
 
-def test_run_config_round_trip_and_pyproject_defaults():
+def test_pyproject_run_config_is_the_one_the_settings_declare():
+    """``[tool.flwr.app.config]``: the keys, defaults and value types that the RunConfig
+    settings declared ``flower="key"`` (fedbcs_fl/config.py) and the engine settings give."""
+    in_pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    engine = {key.replace("-", "_"): value for key, value in ENGINE_DEFAULTS.items()}
+    derived = to_run_config(RunConfig(), **engine)
+    assert set(in_pyproject["config"]) == set(derived)
+    for key, value in derived.items():
+        assert (key, in_pyproject["config"][key]) == (key, value)
+        assert type(in_pyproject["config"][key]) is type(value), key
+    assert set(derived) == (
+        {name.replace("_", "-") for name in FLAT_FIELDS} | set(ENGINE_DEFAULTS) | set(JSON_KEYS)
+    )
+    assert from_run_config(in_pyproject["config"]) == RunConfig().resolved()
+    with pytest.raises(ValueError, match="holds 'prostate' data"):
+        from_run_config(in_pyproject["config"], {"dataset": "prostate"})
+
+
+def test_run_config_round_trip_and_bad_values():
     config = RunConfig(
         method="fedbcs", image_size=32, sites=["site-A"], method_options={"proto_dim": 8}
     ).resolved()
     assert from_run_config(to_run_config(config, out_dir="/x")) == config
-    defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    keys = {f.replace("_", "-") for f in FLAT_FIELDS} | set(ENGINE_DEFAULTS) | set(JSON_KEYS)
-    assert set(defaults["config"]) == keys
-    assert from_run_config(defaults["config"]) == RunConfig().resolved()
-    with pytest.raises(ValueError, match="holds 'prostate' data"):
-        from_run_config(defaults["config"], {"dataset": "prostate"})
+    extra = dataclasses.replace(config, client_timeout=5.0, inject_faults="site-A:nan@2")
+    flat = to_run_config(extra)
+    assert json.loads(flat["extra-config"]) == {
+        "client_timeout": 5.0,
+        "inject_faults": "site-A:nan@2",
+        "data_version": config.data_version,
+    }
+    assert from_run_config(flat) == extra
+    with pytest.raises(ValueError, match="Flower run config: rounds must be in"):
+        from_run_config({**flat, "rounds": 0})
+    with pytest.raises(ValueError, match="extra-config cannot set rounds; valid: checkpoint"):
+        from_run_config({**flat, "extra-config": '{"rounds": 3}'})
 
 
 def test_run_config_carries_the_fidelity_settings_and_a_zero_momentum():
