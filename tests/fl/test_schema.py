@@ -5,7 +5,7 @@ import dataclasses
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fedbcs_fl.config import RUN_SETTINGS, RunConfig
@@ -22,6 +22,10 @@ def test_every_run_config_field_but_the_files_own_is_a_declared_setting():
         assert getattr(RunConfig(), name) == declared.default, name
 
 
+@example(low=0.0, width=1.0, value=math.nan, closed=(True, True))
+@example(low=0.0, width=1.0, value=math.inf, closed=(True, True))
+@example(low=0.0, width=1.0, value=1.0, closed=(True, True))  # a closed end is inside
+@example(low=0.0, width=1.0, value=1.0, closed=(True, False))
 @given(
     low=st.floats(-10, 10),
     width=st.floats(0.01, 10),
