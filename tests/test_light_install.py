@@ -68,9 +68,9 @@ def test_public_api_is_fully_annotated(module):
         signature = inspect.signature(function)
         for parameter in signature.parameters.values():
             variadic = parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
-            if parameter.name not in ("self", "cls") and not variadic:
-                if parameter.annotation is inspect.Parameter.empty:
-                    unannotated.append(f"{name}({parameter.name})")
+            bare = parameter.annotation is inspect.Parameter.empty
+            if parameter.name not in ("self", "cls") and not variadic and bare:
+                unannotated.append(f"{name}({parameter.name})")
         no_return = signature.return_annotation is inspect.Signature.empty
         if no_return and function.__name__ != "__init__":
             unannotated.append(f"{name} -> ?")
@@ -79,7 +79,7 @@ def test_public_api_is_fully_annotated(module):
 
 
 def test_the_command_names_the_extra_when_the_stack_is_missing(monkeypatch, capsys):
-    requirements = ['torch>=2.4', 'flwr>=1.42; extra == "fl"', 'pytest>=8; extra == "test"']
+    requirements = ["torch>=2.4", 'flwr>=1.42; extra == "fl"', 'pytest>=8; extra == "test"']
     monkeypatch.setattr(importlib.metadata, "requires", lambda name: requirements)
     installed = {"torch"}
 
@@ -139,9 +139,9 @@ def test_wheel_without_extras_gives_the_layer_and_points_at_the_extra(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", python]
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index"]
-        + ["--quiet", wheel],
+        [*pip, "install", "--no-deps", "--no-index", "--quiet", wheel],
         check=True,
         capture_output=True,
     )
