@@ -171,10 +171,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import load_sites
-    from .data.splits import write_split
-    from .run_folder import default_run_dir, holds_run, read_config, write_run_summary
-    from .simulation import Simulation
+    from .run_folder import console_log, default_run_dir, holds_run, read_config
 
     if args.resume:
         out = Path(args.resume)
@@ -187,6 +184,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{out} already holds a run; continue it with --resume {out}, "
                 "or choose another --out"
             )
+    with console_log(out):
+        return _train(args, config, out)
+
+
+def _train(args: argparse.Namespace, config: RunConfig, out: Path) -> int:
+    from .data import load_sites
+    from .data.splits import write_split
+    from .run_folder import write_run_summary
+    from .simulation import Simulation
+
     sites = load_sites(config, workers=args.workers)
     simulation = Simulation(config, sites, out, progress=not args.quiet)
     if args.resume:

@@ -33,8 +33,10 @@ from .config import RunConfig
 from .results import (
     BEST_ROUND_CAPTION,
     FINAL_ROUND_CAPTION,
+    METRICS,
     best_round,
     dice_matrix,
+    final_round,
     line_plot,
     table1,
 )
@@ -253,7 +255,13 @@ def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
         f"{BEST_ROUND_CAPTION} Per seed, its own best round.\n\n"
         f"{table1(results, sites, pick=best_round)}"
     )
-    atomic_write_text(out / "table1.md", dice_note + tables)
+    surface = "".join(
+        f"\n{METRICS[metric].name}, final round; NaN where a prediction was empty is "
+        f"skipped.\n\n{table1(results, sites, metric=metric)}"
+        for metric in ("hd95", "assd")
+        if all(metric in final_round(records) for runs in results.values() for records in runs)
+    )
+    atomic_write_text(out / "table1.md", dice_note + tables + surface)
     atomic_write_text(
         out / "table3.md", f"{setting}; means over clients, rounds and seeds.\n\n" + table3(results)
     )

@@ -4,8 +4,10 @@
 |---|---|
 | ``config.json`` | :func:`write_config`, before the first round |
 | ``metrics.jsonl`` | :func:`append_record`, one line per round |
+| ``tensorboard/`` | :func:`append_record` too: the round's scalars (:func:`scalars`) |
 | ``summary.md``, ``dice.png`` | :func:`write_run_summary`, after the last round |
 | ``model.safetensors`` | :func:`save_model`, after the last round |
+| ``train.log`` | :func:`console_log`: what the console showed, appended on resume |
 
 The simulator also keeps ``checkpoint.pt`` there (:mod:`fedbcs_fl.checkpoint`) and, for
 real data, ``split.json``.
@@ -19,21 +21,28 @@ most a torn last line, which :func:`read_records` drops.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import save
 
 from .config import RunConfig
-from .results import plot_dice, summary_tables
+from .results import communication, plot_dice, summary_tables
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.md"
 PLOT_FILE = "dice.png"
 MODEL_FILE = "model.safetensors"
+LOG_FILE = "train.log"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -95,11 +104,122 @@ def _jsonl_line(record: dict) -> str:
 
 
 def append_record(folder: str | Path, record: dict) -> None:
-    """Append a round record to ``metrics.jsonl`` as one whole line, and fsync."""
+    """Append a round record to ``metrics.jsonl`` as one whole line, and fsync; then its
+    :func:`scalars` to the folder's TensorBoard log."""
     with open(Path(folder) / METRICS_FILE, "a", encoding="utf-8") as f:
         f.write(_jsonl_line(record))
         f.flush()
         os.fsync(f.fileno())
+    writer = _tensorboard_writer(Path(folder), record["round"])
+    for tag, value in scalars(record).items():
+        writer.add_scalar(tag, value, record["round"])
+    writer.flush()
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """The TensorBoard scalars of a round record: per-site and mean Dice, HD95 and ASSD,
+    each client's loss terms, bytes up (all clients) and down, and the round's seconds."""
+    out = {}
+    for metric in ("dice", "hd95", "assd"):
+        for site, value in record.get(metric, {}).items():
+            out[f"{metric}/{site}"] = value
+        if f"mean_{metric}" in record:
+            out[f"{metric}/mean"] = record[f"mean_{metric}"]
+    for client, metrics in record.get("client_metrics", {}).items():
+        for term, value in metrics.items():
+            if term != "steps":
+                out[f"loss/{term}/{client}"] = value
+    if "bytes_up" in record:
+        out["bytes/up"] = sum(record["bytes_up"].values())
+        out["bytes/down"] = record["bytes_down"]
+    if "seconds" in record:
+        out["seconds"] = record["seconds"]
+    return {tag: float(value) for tag, value in out.items()}
+
+
+_WRITERS: dict[Path, object] = {}
+
+
+def _tensorboard_writer(folder: Path, first_round: int):
+    """This process's TensorBoard writer of ``folder``, opened at its first record. It
+    purges the events from ``first_round`` on, so a resumed run's redone rounds replace
+    what the killed process logged for them."""
+    key = folder.resolve()
+    if key not in _WRITERS:
+        from torch.utils.tensorboard import SummaryWriter
+
+        _WRITERS[key] = SummaryWriter(str(key / TENSORBOARD_DIR), purge_step=first_round)
+    return _WRITERS[key]
+
+
+def close_tensorboard(folder: str | Path) -> None:
+    """Close ``folder``'s TensorBoard writer, if this process opened one."""
+    writer = _WRITERS.pop(Path(folder).resolve(), None)
+    if writer is not None:
+        writer.close()
+
+
+class _Tee(io.TextIOBase):
+    """Writes to ``stream`` and, line by line, to ``log``: of a line redrawn with carriage
+    returns (a progress bar) only its last state reaches the log."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log, self.pending = stream, log, ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.log.write(line.rsplit("\r", 1)[-1] + "\n")
+        if lines:
+            self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def finish(self) -> None:
+        last = self.pending.rsplit("\r", 1)[-1]
+        if last:
+            self.log.write(last + "\n")
+        self.pending = ""
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    @property
+    def encoding(self):
+        return getattr(self.stream, "encoding", "utf-8")
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+@contextlib.contextmanager
+def console_log(folder: str | Path) -> Iterator[Path]:
+    """Copy what this process prints to stdout and stderr into ``folder/train.log``
+    (appended: a resumed run continues the log), while it still reaches the console."""
+    path = Path(folder) / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        tees = [_Tee(sys.stdout, log), _Tee(sys.stderr, log)]
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = tees
+        # Flower logs through its own handler, bound to the stream it found at import.
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
+        flower = logging.getLogger("flwr")
+        flower.addHandler(handler)
+        try:
+            yield path
+        finally:
+            flower.removeHandler(handler)
+            sys.stdout, sys.stderr = saved
+            for tee in tees:
+                tee.finish()
 
 
 def read_records(folder: str | Path) -> list[dict]:
@@ -168,19 +288,38 @@ def write_run_summary(
     """
     folder = Path(folder)
     runs = [(config.method, records)]
-    label = None
+    label = base_records = None
     if baseline:
         label = read_config(baseline).method + " (baseline)"
-        runs.insert(0, (label, read_records(baseline)))
+        base_records = read_records(baseline)
+        runs.insert(0, (label, base_records))
     title = f"{config.method} on {config.dataset}" + (" (Flower)" if flower else "")
     evaluated = ", evaluated by each site's SuperNode" if flower else ""
     setting = (
-        f"{config.rounds} rounds, seed {config.seed}. Foreground Dice (%) of the global model "
-        f"on each site's test split{evaluated}."
+        f"{_key_settings(config)}. Wall time {_duration(records)}. Foreground metrics of "
+        f"the global model on each site's test split{evaluated}.\n\n{communication(records)}"
     )
     tables = write_summary(folder / SUMMARY_FILE, title, setting, runs, label)
-    atomic_write_bytes(folder / PLOT_FILE, plot_dice(records, title=title))
+    plot = plot_dice(records, title, None if label is None else (label, base_records))
+    atomic_write_bytes(folder / PLOT_FILE, plot)
+    close_tensorboard(folder)
     return tables
+
+
+def _key_settings(config: RunConfig) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in sorted(config.method_options.items()))
+    return (
+        f"{config.rounds} rounds of {config.local_epochs} local epoch(s), seed {config.seed}, "
+        f"{config.optimizer} lr {config.lr}, batch {config.batch_size}, "
+        f"image {config.image_size}², init_features {config.init_features}"
+        + (f"; method options {options}" if options else "")
+    )
+
+
+def _duration(records: list[dict]) -> str:
+    seconds = sum(r.get("seconds", 0.0) for r in records)
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s (the rounds' own time, summed)"
 
 
 def save_model(folder: str | Path, weights: dict[str, torch.Tensor], config: RunConfig) -> None:

@@ -25,6 +25,7 @@ from ..client import model_weights
 from ..config import RunConfig
 from ..run_folder import (
     append_record,
+    console_log,
     default_run_dir,
     holds_run,
     save_model,
@@ -66,6 +67,11 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
     out = output_dir(config, run_config)
     if holds_run(out):
         raise ValueError(f"{out} already holds a run; choose another out-dir")
+    with console_log(out):
+        return _serve(grid, run_config, config, out)
+
+
+def _serve(grid: Grid, run_config: Mapping[str, Any], config, out) -> list[dict]:
     write_config(out, config)
 
     torch.manual_seed(config.seed)  # the simulator's model initialisation

@@ -4,8 +4,11 @@ import pytest
 
 from fedbcs_fl.run_folder import (
     METRICS_FILE,
+    TENSORBOARD_DIR,
     append_record,
     atomic_write_bytes,
+    close_tensorboard,
+    console_log,
     keep_records,
     read_records,
 )
@@ -61,3 +64,57 @@ def test_an_atomic_write_that_fails_before_the_rename_leaves_the_old_file(tmp_pa
     assert path.read_text() == "old"
     atomic_write_bytes(path, b"new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def _tensorboard_scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / TENSORBOARD_DIR))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_each_record_reaches_tensorboard_and_a_resume_replaces_the_redone_rounds(tmp_path):
+    def record(r, dice):
+        return {
+            "round": r,
+            "dice": {"A": dice},
+            "mean_dice": dice,
+            "client_metrics": {"A": {"loss": 1.0 / r, "steps": 3.0}},
+            "bytes_up": {"A": 10},
+            "bytes_down": 20,
+        }
+
+    for r in (1, 2, 3):
+        append_record(tmp_path, record(r, r / 10))
+    close_tensorboard(tmp_path)  # the killed process
+    keep_records(tmp_path, 1)
+    append_record(tmp_path, record(2, 0.9))  # the resumed one redoes round 2
+    close_tensorboard(tmp_path)
+    scalars = _tensorboard_scalars(tmp_path)
+    assert scalars["dice/A"] == [(1, pytest.approx(0.1)), (2, pytest.approx(0.9))]
+    assert scalars["loss/loss/A"] == [(1, 1.0), (2, 0.5)]
+    assert scalars["bytes/up"][0] == (1, 10.0) and scalars["bytes/down"][0] == (1, 20.0)
+    assert "loss/steps/A" not in scalars
+
+
+def test_the_console_log_keeps_what_was_printed_and_only_a_bars_last_state(tmp_path, capsys):
+    import logging
+    import sys
+
+    with console_log(tmp_path) as path:
+        print("round 1  mean Dice 0.5")
+        sys.stderr.write("bar  10%\rbar  50%\rbar 100%\n")
+        logging.getLogger("flwr").warning("from Flower")
+        print("no newline at the end", end="")
+    assert capsys.readouterr().out == "round 1  mean Dice 0.5\nno newline at the end"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "round 1  mean Dice 0.5"
+    assert lines[1] == "bar 100%"
+    assert lines[2].startswith("WARNING") and lines[2].endswith("from Flower")
+    assert lines[3] == "no newline at the end"
+    with console_log(tmp_path):
+        print("resumed")
+    assert path.read_text().splitlines()[-1] == "resumed"  # appended

@@ -229,7 +229,8 @@ def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatc
     assert server_app.run_server(None, to_run_config(config, out_dir=str(out))) == canned
     whole = {path.name for path in renamed if path.parent == out}
     assert whole == {"config.json", "summary.md", "dice.png", "model.safetensors"}
-    assert {path.name for path in out.iterdir()} == whole | {"metrics.jsonl"}
+    appended = {"metrics.jsonl", "train.log", "tensorboard"}  # grown, not renamed
+    assert {path.name for path in out.iterdir()} == whole | appended
     assert read_config(out) == config and read_records(out) == canned
     assert (out / "summary.md").read_text().startswith("# fedavg on synthetic-nuclei (Flower)")
 
