@@ -134,6 +134,24 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
         help="reject updates this many times the median norm (0: off)",
     )
     p.add_argument("--screen-max-examples", type=_positive_int, default=d.screen_max_examples)
+    p.add_argument(
+        "--proto-dp-epsilon",
+        type=float,
+        help="differential privacy of the uploaded prototypes: total ε per site over the run, "
+        "the noise solved for it (docs/privacy.md; default: off)",
+    )
+    p.add_argument(
+        "--proto-dp-noise", type=float, help="prototype DP by noise multiplier instead of ε"
+    )
+    p.add_argument(
+        "--proto-dp-clip",
+        type=float,
+        default=d.proto_dp_clip,
+        help="prototype DP: L2 bound C on each image's per-class mean feature",
+    )
+    p.add_argument(
+        "--dp-delta", type=float, help="δ of the reported ε (default: 1/(10·n), n a site's images)"
+    )
     p.add_argument("--inject-faults", help="fault drill, e.g. site-B:nan@2 (docs/reliability.md)")
     if not method_arguments:
         return

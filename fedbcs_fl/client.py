@@ -18,6 +18,7 @@ from .checkpoint import unloadable_entry
 from .config import RunConfig
 from .data.base import SiteData
 from .metrics import segmentation_metrics
+from .privacy import EPSILON_KEY, PrototypePrivacy
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -73,6 +74,7 @@ def local_train(
     device: torch.device,
     progress: str | None = None,
     on_step: Callable[[int], None] | None = None,
+    privacy: PrototypePrivacy | None = None,
 ) -> ClientUpdate:
     """Train ``model`` (already holding the global weights) for ``epochs`` local epochs.
 
@@ -80,6 +82,8 @@ def local_train(
     while the weights are replaced by the global ones. ``state`` is the client's
     persistent dict for algorithm state (e.g. MOON's previous weights), checkpointed
     between rounds. ``on_step`` is called with the step count after every optimiser step.
+    ``privacy`` is the site's prototype mechanism this round (None: off); with it the
+    metrics hold ``proto_dp_epsilon``, the ε the site has spent so far.
 
     However the round ends, even by an exception, its scratch objects are dropped and
     ``state`` is checked to hold only what a checkpoint can.
@@ -94,6 +98,7 @@ def local_train(
         state=state,
         device=device,
         steps_scheduled=epochs * len(loader),
+        privacy=privacy,
     )
     steps, total_loss, examples = 0, 0.0, 0
     bar = tqdm(total=epochs * len(loader), desc=progress, leave=False, disable=progress is None)
@@ -121,6 +126,8 @@ def local_train(
         check_state(algorithm, state)
     metrics = {"loss": total_loss / max(steps, 1), "steps": float(steps)}
     metrics |= {k: v / max(steps, 1) for k, v in ctx.logs.items()}
+    if privacy is not None:
+        metrics[EPSILON_KEY] = privacy.epsilon(state)
     return ClientUpdate(model_weights(model), examples, payload, metrics)
 
 

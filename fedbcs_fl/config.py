@@ -64,6 +64,12 @@ class RunConfig:
     screen_norm_factor: float = 10.0
     screen_max_examples: int = 10_000_000
     inject_faults: str | None = None
+    # Differential privacy of the uploaded prototypes (fedbcs_fl/privacy.py): a budget ε
+    # (noise solved for it) or a noise multiplier, the clip C, and δ (None: 1/(10·n)).
+    proto_dp_epsilon: float | None = None
+    proto_dp_noise: float | None = None
+    proto_dp_clip: float = 1.0
+    dp_delta: float | None = None
     data_version: int | None = None  # the synthetic generators' version; None: real data
     method_options: dict = field(default_factory=dict)
     # The method defaults the file was written with: from_json makes an older file's old

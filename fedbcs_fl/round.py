@@ -14,6 +14,8 @@ A round record, one line of ``metrics.jsonl``, has
 - per client whose reply passed screening: ``client_metrics``, ``prototypes_uploaded``
   (paper Table 3) and ``bytes_up`` (weights + payload); a rejected reply is not read;
 - ``bytes_down``: the global weights and payload each client was sent;
+- with prototype DP on, ``proto_dp_epsilon``: per client whose reply passed screening,
+  the ε it has spent so far (:mod:`fedbcs_fl.privacy`);
 - on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site and their ``mean_*``;
 - ``seconds``.
 """
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from .algorithms.base import Algorithm, ClientUpdate
+from .privacy import EPSILON_KEY
 from .screening import ScreeningPolicy, screen_updates
 
 
@@ -93,6 +96,9 @@ def aggregate_round(
         },
         "bytes_down": tensor_bytes(global_weights) + tensor_bytes(global_payload),
     }
+    spent = {name: u.metrics[EPSILON_KEY] for name, u in accepted if EPSILON_KEY in u.metrics}
+    if spent:
+        record[EPSILON_KEY] = spent
     if not accepted:  # nothing usable: the global model stays as it was
         return RoundResult(global_weights, global_payload, record)
     weights, payload = algorithm.aggregate(

@@ -36,6 +36,8 @@ from .client import evaluate_site, local_train, make_optimizer, model_weights, t
 from .config import RunConfig
 from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
+from .payload import prototype_sets
+from .privacy import prototype_privacy
 from .round import aggregate_round, evaluation_fields, is_evaluation_round
 from .run_folder import append_record, keep_records, save_model, write_config
 from .screening import ScreeningPolicy
@@ -137,6 +139,13 @@ class Simulation:
             self.device,
             progress=label,
             on_step=after_step,
+            privacy=prototype_privacy(
+                self.config,
+                len(prototype_sets(self.algorithm.uploads)),
+                self.clients.index(client),
+                len(client.loader.dataset),
+                round_index,
+            ),
         )
 
     def _train_with_deadline(self, client: ClientRuntime, round_index: int) -> ClientUpdate:

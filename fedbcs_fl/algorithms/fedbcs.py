@@ -31,7 +31,7 @@ import torch
 from ..aggregation import cluster_class_prototypes
 from ..losses import capped_multi_positive_infonce, multi_positive_infonce
 from ..payload import PrototypeSet
-from ._protos import class_mean_payload
+from ._protos import accumulate_class_sums, class_mean_payload
 from .base import Algorithm, ClientUpdate, LocalContext
 
 STREAMS = ("encoder", "decoder")
@@ -90,9 +90,9 @@ class FedBCS(Algorithm):
         if ctx.last_epoch:
             with torch.no_grad():
                 for stream, emb in embeddings.items():
-                    sums, counts = emb.prototype_sums(masks, self.num_classes)
-                    ctx.accumulate(f"sums/{stream}", sums)
-                    ctx.accumulate(f"counts/{stream}", counts)
+                    accumulate_class_sums(
+                        ctx, f"/{stream}", emb.prototype_sums, masks, self.num_classes
+                    )
         if f"protos/{STREAMS[0]}" not in ctx.global_payload:
             return loss
         alignment = 0.0
