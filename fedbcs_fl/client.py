@@ -18,7 +18,7 @@ from .checkpoint import unloadable_entry
 from .config import RunConfig
 from .data.base import SiteData
 from .metrics import segmentation_metrics
-from .privacy import EPSILON_KEY, PrototypePrivacy
+from .privacy import DELTA_KEY, EPSILON_KEY, PrototypePrivacy
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -128,6 +128,7 @@ def local_train(
     metrics |= {k: v / max(steps, 1) for k, v in ctx.logs.items()}
     if privacy is not None:
         metrics[EPSILON_KEY] = privacy.epsilon(state)
+        metrics[DELTA_KEY] = privacy.delta
     return ClientUpdate(model_weights(model), examples, payload, metrics)
 
 

@@ -40,8 +40,9 @@ from .config import RunConfig
 
 # The client's persistent state entry counting its prototype releases so far.
 RELEASES_KEY = "proto_dp/releases"
-# The client metric and round-record key of ε spent so far.
+# The client metric and round-record key of ε spent so far, and the client metric of its δ.
 EPSILON_KEY = "proto_dp_epsilon"
+DELTA_KEY = "proto_dp_delta"
 
 
 def check_privacy_config(config: RunConfig) -> None:
@@ -232,3 +233,29 @@ def prototype_privacy(
             config.proto_dp_epsilon, delta, config.rounds * releases_per_round
         )
     return PrototypePrivacy(noise, config.proto_dp_clip, delta, config.seed, site, round_index)
+
+
+def privacy_statement(config: RunConfig, records: list[dict]) -> str:
+    """What summary.md says of the run's prototype DP: each site's final (ε, δ) and what
+    it covers; "" when it was off."""
+    if not proto_dp_on(config):
+        return ""
+    final: dict[str, tuple[float, float]] = {}
+    for record in records:
+        for site, metrics in record.get("client_metrics", {}).items():
+            if EPSILON_KEY in metrics:
+                final[site] = (metrics[EPSILON_KEY], metrics[DELTA_KEY])
+    spent = ", ".join(
+        f"{site} ε = {e:.3g} at δ = {d:.3g}" for site, (e, d) in sorted(final.items())
+    )
+    budget = (
+        f"budget ε = {config.proto_dp_epsilon:g}"
+        if config.proto_dp_epsilon is not None
+        else f"noise multiplier {config.proto_dp_noise:g}"
+    )
+    return (
+        f"Prototype differential privacy ({budget}, clip C = {config.proto_dp_clip:g}; RDP "
+        f"accountant over every prototype release of the run, no amplification by sampling): "
+        f"{spent or 'no release recorded'}. It covers one training image's (slice's) presence "
+        "in the uploaded prototypes, not the uploaded weights (docs/privacy.md)."
+    )

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import save
 
 from .config import RunConfig
+from .privacy import privacy_statement
 from .results import communication, plot_dice, summary_tables
 
 CONFIG_FILE = "config.json"
@@ -299,6 +300,9 @@ def write_run_summary(
         f"{_key_settings(config)}. Wall time {_duration(records)}. Foreground metrics of "
         f"the global model on each site's test split{evaluated}.\n\n{communication(records)}"
     )
+    privacy = privacy_statement(config, records)
+    if privacy:
+        setting += f"\n\n{privacy}"
     tables = write_summary(folder / SUMMARY_FILE, title, setting, runs, label)
     plot = plot_dice(records, title, None if label is None else (label, base_records))
     atomic_write_bytes(folder / PLOT_FILE, plot)
