@@ -100,7 +100,10 @@ def test_the_noise_depends_on_seed_site_round_and_stream_only():
         )
         return sums
 
-    assert torch.equal(draw(), draw())
+    torch.manual_seed(1)
+    first = draw()
+    torch.manual_seed(2)  # the global generator plays no part
+    assert torch.equal(first, draw())
     for change in ({"seed": 1}, {"site": 0}, {"round": 3}, {"stream": "/encoder"}):
         assert not torch.equal(draw(), draw(**change)), change
 
