@@ -78,6 +78,10 @@ _COMMON = (
     "init_features",
     "device",
     "eval_every",
+    "proto_dp_epsilon",
+    "proto_dp_noise",
+    "proto_dp_clip",
+    "dp_delta",
 )
 
 
