@@ -20,12 +20,12 @@ the bottleneck, each decoder stage), three measures are taken:
    split, from :func:`~fedbcs_ops.class_sums` with full-resolution labels: each feature
    pixel weighs by its label block's class histogram). What CDPA aligns.
 
-A statistic that varies across images by no more than :data:`CONSTANT_TOLERANCE` of the
-largest value it can take for its channel (the channel's RMS for the mean and the
-standard deviation, RMS / sqrt(h·w) for the spectrum, by Parseval) is constant up to
-float rounding: the classifier sees 0 there and its ratio is 0. After instance
-normalisation, for instance, the channel means are 0 up to rounding, and the rounding
-depends on each image's own scale, which a classifier would find.
+In the ratio, a statistic that varies across images by no more than
+:data:`CONSTANT_TOLERANCE` of the largest value it can take for its channel (the
+channel's RMS for the mean and the standard deviation, RMS / sqrt(h·w) for the spectrum,
+by Parseval) is constant up to float rounding and counts 0: after instance normalisation
+the channel means are 0 up to rounding, and a ratio of rounding over rounding (or 0 / 0)
+would say nothing.
 
 Batching: each site's images go through the model in the split's order, in batches of
 the run's ``eval_batch_size`` and never mixed with other sites' images, as evaluation
@@ -217,47 +217,34 @@ def chance_and_band(site_counts: list[int], sigmas: float = BAND_SIGMAS) -> tupl
     return p, [max(p - sigmas * sd, 0.0), min(p + sigmas * sd, 1.0)]
 
 
-def _floors(statistics: dict[str, np.ndarray], size: tuple[int, int]) -> dict:
-    """Per statistic ``[C]``: :data:`CONSTANT_TOLERANCE` of its largest possible value."""
+def constant_columns(statistics: dict[str, np.ndarray], size: tuple[int, int]) -> dict:
+    """Per statistic ``[N, C]`` (all of :data:`STATISTICS`), which of its C columns vary
+    across the N images by no more than :data:`CONSTANT_TOLERANCE` of their largest
+    possible value (the channel's RMS; RMS / sqrt(h·w) for the spectrum): float rounding."""
     rms = np.sqrt(np.mean(statistics["mean"] ** 2 + statistics["std"] ** 2, axis=0))
     bounds = {"mean": rms, "std": rms, "spectrum": rms / math.sqrt(size[0] * size[1])}
-    return {name: CONSTANT_TOLERANCE * bound for name, bound in bounds.items()}
-
-
-def constant_columns(statistics: dict[str, np.ndarray], size: tuple[int, int]) -> dict:
-    """Per statistic ``[N, C]``, which of its C columns vary across the N images by no more
-    than :data:`CONSTANT_TOLERANCE` of their largest possible value: float rounding."""
-    floors = _floors(statistics, size)
-    return {name: values.std(0) <= floors[name] for name, values in statistics.items()}
-
-
-def standardized(statistics: dict[str, np.ndarray], size: tuple[int, int]) -> dict:
-    """Each statistic ``[N, C]`` centred and divided by its std over images; a column
-    constant up to rounding (:func:`constant_columns`) is 0, so that no classifier
-    learns the site from the rounding (which depends on each image's scale)."""
-    constant = constant_columns(statistics, size)
     return {
-        name: np.where(constant[name], 0.0, values - values.mean(0))
-        / np.where(constant[name], 1.0, values.std(0))
-        for name, values in statistics.items()
+        name: statistics[name].std(0) <= CONSTANT_TOLERANCE * bound
+        for name, bound in bounds.items()
     }
 
 
 def separability(features: np.ndarray, sites: np.ndarray, folds: int, seed: int) -> float:
-    """Balanced accuracy of a logistic regression predicting ``sites [N]`` from
-    ``features [N, D]`` (standardized), over ``folds`` stratified folds shuffled by
+    """Balanced accuracy of a logistic regression (on standardized features) predicting
+    ``sites [N]`` from ``features [N, D]``, over ``folds`` stratified folds shuffled by
     ``seed``: each image's site is predicted by the model fitted on the other folds."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     folding = StratifiedKFold(folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        predicted = cross_val_predict(
-            LogisticRegression(max_iter=2000), features, sites, cv=folding
-        )
+        predicted = cross_val_predict(classifier, features, sites, cv=folding)
     return float(balanced_accuracy_score(sites, predicted))
 
 
@@ -315,8 +302,7 @@ def measure_layer(
     pooled = {
         name: np.concatenate([features.statistics[s][name] for s in sites]) for name in STATISTICS
     }
-    scaled = standardized(pooled, features.size)
-    scaled["all"] = np.concatenate([scaled[name] for name in STATISTICS], axis=1)
+    pooled["all"] = np.concatenate([pooled[name] for name in STATISTICS], axis=1)
     spread = prototype_spread(
         [features.sums[s] for s in sites], [features.counts[s] for s in sites]
     )
@@ -327,7 +313,7 @@ def measure_layer(
         "channels": features.channels,
         "size": list(features.size),
         "separability": {
-            name: separability(scaled[name], labels, folds, seed) for name in separability_from
+            name: separability(pooled[name], labels, folds, seed) for name in separability_from
         },
         "variance_ratio": ratios(features.statistics, features.size),
         "prototype_spread": {
