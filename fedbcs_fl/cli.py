@@ -1,5 +1,5 @@
 """The ``fedbcs`` command: train, eval, show-data, compare, check-data, calibrate-data,
-flower-local.
+diagnose, flower-local.
 
 Bad arguments print one line naming the valid choices and exit with status 2.
 """
@@ -234,13 +234,10 @@ def _train(args: argparse.Namespace, config: RunConfig, out: Path) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-    from safetensors.torch import load_file
-
+    from .client import evaluate_sites
     from .data import load_sites
     from .results import table1
-    from .run_folder import CONFIG_FILE
-    from .simulation import Simulation
+    from .run_folder import CONFIG_FILE, model_from_file
 
     checkpoint = Path(args.checkpoint)
     config_path = Path(args.config) if args.config else checkpoint.parent / CONFIG_FILE
@@ -251,17 +248,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, eval_batch_size=args.eval_batch_size)
     config = config.resolved()
     sites = load_sites(config)
-    simulation = Simulation(config, sites, out_dir=None, progress=False)
-    weights = load_file(str(checkpoint))
-    model = simulation.algorithm.build_model()
-    missing = sorted(set(model.state_dict()) ^ set(weights))
-    if missing:
-        raise ValueError(
-            f"{checkpoint} does not fit a {config.method} model: keys differ ({missing[:3]}...)"
-        )
-    model.load_state_dict(weights)
-    with torch.no_grad():
-        results = simulation.evaluate(model.to(simulation.device))
+    model = model_from_file(checkpoint, config).to(config.device)
+    results = evaluate_sites(model, sites, config)
     dice = {site: m["dice"] for site, m in results.items()}
     print(table1({config.method: [[{"dice": dice}]]}, list(dice), baseline=None, spread=False))
     for site, m in results.items():
@@ -327,6 +315,19 @@ def cmd_calibrate_data(args: argparse.Namespace) -> int:
     )
     print(calibration.markdown())
     print(f"calibration.md, calibration.json and calibration.png in {out}/")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import REPORT_FILES, diagnose, write_reports
+
+    diagnosis = diagnose(
+        args.run, args.split, args.folds, args.seed, args.device, progress=not args.quiet
+    )
+    out = Path(args.out)
+    write_reports(diagnosis, out)
+    print(diagnosis.markdown())
+    print(f"{', '.join(REPORT_FILES)} in {out}/")
     return 0
 
 
@@ -408,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
     calibrate.add_argument("--workers", type=int, default=0, help="processes decoding real data")
     calibrate.set_defaults(func=cmd_calibrate_data)
+
+    diagnose = commands.add_parser(
+        "diagnose", help="per layer, how much site style the features of trained runs still hold"
+    )
+    diagnose.add_argument(
+        "--run", action="append", required=True, metavar="DIR", help="a finished run (repeat)"
+    )
+    diagnose.add_argument("--split", choices=["train", "val", "test"], default="test")
+    diagnose.add_argument("--out", default="runs/diagnose", help="report folder")
+    diagnose.add_argument("--seed", type=int, default=0, help="shuffles the folds")
+    diagnose.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    diagnose.add_argument("--device", help="default: each run's")
+    diagnose.add_argument("--quiet", action="store_true", help="no progress bar")
+    diagnose.set_defaults(func=cmd_diagnose)
 
     flower = commands.add_parser(
         "flower-local", help="a real Flower deployment on loopback (SuperLink + SuperNodes)"

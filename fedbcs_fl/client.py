@@ -149,6 +149,13 @@ def evaluate_site(model: nn.Module, site: SiteData, config: RunConfig) -> dict[s
     return evaluate_split(model, site.test, config.eval_batch_size, torch.device(config.device))
 
 
+def evaluate_sites(
+    model: nn.Module, sites: list[SiteData], config: RunConfig
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_site` on every site: site name → metrics."""
+    return {site.name: evaluate_site(model, site, config) for site in sites}
+
+
 def evaluate_split(
     model: nn.Module, dataset, batch_size: int, device: torch.device
 ) -> dict[str, float]:

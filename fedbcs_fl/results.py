@@ -11,6 +11,7 @@ import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -239,19 +240,58 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
+class Panel(NamedTuple):
+    """One axes of :func:`line_panels`: ``curves`` is ``[(label, x, values, style)]`` with
+    ``style`` a dict of matplotlib line keywords; ``yscale`` is matplotlib's (``"log"``)."""
+
+    ylabel: str
+    curves: list
+    yscale: str = "linear"
+
+
+def line_panels(panels: list[Panel], xlabel: str, title: str = "", xticks=None) -> bytes:
+    """Side-by-side line plots sharing the x axis, as PNG bytes, with one legend of every
+    label in any panel.
+
+    Args:
+        panels: the axes, left to right.
+        xlabel: the x axis label of every panel.
+        title: above the panels (default none).
+        xticks: ``(positions, labels)`` for a categorical x axis (default: numbers).
+    """
+    plt = _pyplot()
+    width = 6.4 if len(panels) == 1 else 4.8 * len(panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.0), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for label, x, values, style in panel.curves:
+            ax.plot(x, values, label=label, **style)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.set_yscale(panel.yscale)
+        if xticks is not None:
+            ax.set_xticks(*xticks, rotation=60, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    named = {}  # one entry per label, whichever panel draws it
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            named.setdefault(label, handle)
+    # Outside the axes: with many methods an inside legend hides the curves it names.
+    axes[0][-1].legend(
+        named.values(),
+        named.keys(),
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
+    return png_bytes(fig)
+
+
 def line_plot(curves, ylabel: str, title: str = "") -> bytes:
     """Curves over rounds as PNG bytes: ``curves`` is ``[(label, rounds, values, style)]``
     with ``style`` a dict of matplotlib line keywords."""
-    fig, ax = _pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
-    for label, rounds, values, style in curves:
-        ax.plot(rounds, values, label=label, **style)
-    ax.set_xlabel("round")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    # Outside the axes: with many methods an inside legend hides the curves it names.
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return png_bytes(fig)
+    return line_panels([Panel(ylabel, curves)], "round", title)
 
 
 def plot_dice(

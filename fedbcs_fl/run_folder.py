@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
+from safetensors.torch import load_file, save
+from torch import nn
 
 from .config import RunConfig
 from .privacy import privacy_statement
@@ -331,3 +332,46 @@ def save_model(folder: str | Path, weights: dict[str, torch.Tensor], config: Run
     metadata = {"method": config.method, "version": str(config.version)}
     data = save({k: v.contiguous() for k, v in weights.items()}, metadata)
     atomic_write_bytes(Path(folder) / MODEL_FILE, data)
+
+
+def model_from_file(path: str | Path, config: RunConfig) -> nn.Module:
+    """The model ``config.method`` builds for ``config.dataset``, holding the weights of the
+    safetensors file ``path`` (on CPU).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the weights do not fit that model (the message names some keys).
+    """
+    from .algorithms import build_algorithm
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    weights = load_file(str(path))
+    model = build_algorithm(config).build_model()
+    differing = sorted(set(model.state_dict()) ^ set(weights))
+    if differing:
+        raise ValueError(
+            f"{path} does not fit a {config.method} model: keys differ ({differing[:3]}...)"
+        )
+    model.load_state_dict(weights)
+    return model
+
+
+def load_model(folder: str | Path) -> tuple[nn.Module, RunConfig]:
+    """The final global model of the run in ``folder`` (on CPU) and the run's config.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no ``config.json`` or no ``model.safetensors``
+            (the run has not finished); the message says which.
+        ValueError: the weights do not fit the model the config builds.
+    """
+    folder = Path(folder)
+    for name, missing in (
+        (CONFIG_FILE, "is it a fedbcs run folder?"),
+        (MODEL_FILE, "has the run finished?"),
+    ):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}: {missing}")
+    config = read_config(folder).resolved()
+    return model_from_file(folder / MODEL_FILE, config), config

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .algorithms import build_algorithm
 from .algorithms.base import Algorithm, ClientUpdate
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .client import evaluate_site, local_train, make_optimizer, model_weights, train_loader
+from .client import evaluate_sites, local_train, make_optimizer, model_weights, train_loader
 from .config import RunConfig
 from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
@@ -168,7 +168,7 @@ class Simulation:
         """Metrics of the global model (or ``model``) on every site's test split, in
         batches of ``eval_batch_size``."""
         model = model or self.global_model
-        return {site.name: evaluate_site(model, site, self.config) for site in self.sites}
+        return evaluate_sites(model, self.sites, self.config)
 
     def run_round(self, round_index: int) -> dict:
         start = time.perf_counter()

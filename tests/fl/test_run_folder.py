@@ -1,17 +1,28 @@
-"""The run folder: the one metrics reader, resuming's rewrite, and atomic writes."""
+"""The run folder: the one metrics reader, resuming's rewrite, atomic writes, and the
+saved model loaded back."""
 
 import pytest
+import torch
 
+from fedbcs_fl.algorithms import build_algorithm
+from fedbcs_fl.client import model_weights
 from fedbcs_fl.run_folder import (
     METRICS_FILE,
+    MODEL_FILE,
     TENSORBOARD_DIR,
     append_record,
     atomic_write_bytes,
     close_tensorboard,
     console_log,
     keep_records,
+    load_model,
+    model_from_file,
     read_records,
+    save_model,
+    write_config,
 )
+
+from .._tiny import tiny_config
 
 
 def test_a_torn_last_line_is_dropped(tmp_path):
@@ -118,3 +129,31 @@ def test_the_console_log_keeps_what_was_printed_and_only_a_bars_last_state(tmp_p
     with console_log(tmp_path):
         print("resumed")
     assert path.read_text().splitlines()[-1] == "resumed"  # appended
+
+
+def _saved(folder, method: str = "fedbcs"):
+    config = tiny_config(method)
+    write_config(folder, config)
+    weights = model_weights(build_algorithm(config).build_model())
+    save_model(folder, weights, config)
+    return config, weights
+
+
+def test_a_saved_model_loads_with_its_config(tmp_path):
+    config, weights = _saved(tmp_path)
+    model, loaded = load_model(tmp_path)
+    assert loaded == config
+    state = model.state_dict()
+    assert state.keys() == weights.keys()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+
+
+def test_loading_names_what_is_missing_or_does_not_fit(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"has no config\.json: is it a fedbcs run folder"):
+        load_model(tmp_path)
+    write_config(tmp_path, tiny_config("fedbcs"))
+    with pytest.raises(FileNotFoundError, match=r"has no model\.safetensors: has the run finished"):
+        load_model(tmp_path)
+    _saved(tmp_path / "fedavg", "fedavg")
+    with pytest.raises(ValueError, match="does not fit a fedbcs model: keys differ"):
+        model_from_file(tmp_path / "fedavg" / MODEL_FILE, tiny_config("fedbcs"))
