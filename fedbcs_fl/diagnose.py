@@ -530,9 +530,14 @@ def _split_of(sites, split: str) -> dict[str, Dataset]:
 
 
 def _labels(runs: list[Path]) -> list[str]:
-    """Each run's folder name, or its path where two folders share a name."""
-    names = [run.name for run in runs]
-    return [run.name if names.count(run.name) == 1 else str(run) for run in runs]
+    """The shortest trailing parts of the runs' paths that tell them apart: the folder
+    name, or e.g. ``fedbcs+no-fsr/seed0`` beside ``fedavg/seed0`` in a comparison."""
+    parts = [Path(run).resolve().parts for run in runs]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(run) for run in runs]
 
 
 def diagnose(

@@ -260,8 +260,9 @@ def line_panels(panels: list[Panel], xlabel: str, title: str = "", xticks=None) 
         xticks: ``(positions, labels)`` for a categorical x axis (default: numbers).
     """
     plt = _pyplot()
-    width = 6.4 if len(panels) == 1 else 4.8 * len(panels)
+    width = 6.4 if len(panels) == 1 else 5.2 * len(panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.0), dpi=120, squeeze=False)
+    fig.subplots_adjust(wspace=0.35)  # room for each panel's y label
     for ax, panel in zip(axes[0], panels, strict=True):
         for label, x, values, style in panel.curves:
             ax.plot(x, values, label=label, **style)

@@ -276,3 +276,11 @@ def test_every_method_model_is_tapped_through_its_wrapper(method):
     assert names[0] == "input" and names[-1] == "dec1" and "bottleneck" in names
     assert ("enc2 before FSR" in names) == (method == "fedbcs")
     assert all(set(features.statistics) == {"a", "b"} for features in layers)
+
+
+def test_runs_are_labelled_by_the_shortest_path_ending_that_tells_them_apart(tmp_path):
+    from fedbcs_fl.diagnose import _labels
+
+    runs = [tmp_path / "cmp" / "fedavg" / "seed0", tmp_path / "cmp" / "fedbcs+no-fsr" / "seed0"]
+    assert _labels(runs) == ["fedavg/seed0", "fedbcs+no-fsr/seed0"]
+    assert _labels([tmp_path / "a", tmp_path / "b"]) == ["a", "b"]
