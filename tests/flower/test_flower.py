@@ -26,7 +26,7 @@ from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
 from fedbcs_fl.flower import client_app, server_app
-from fedbcs_fl.flower.local import alive
+from fedbcs_fl.flower.processes import alive
 from fedbcs_fl.flower.records import (
     CONFIG_KEY,
     PAYLOAD_KEY,
@@ -43,7 +43,7 @@ from fedbcs_fl.flower.settings import (
     to_run_config,
 )
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
-from fedbcs_fl.run_folder import read_config, read_records
+from fedbcs_fl.run_folder import LOCK_FILE, read_config, read_records
 from fedbcs_fl.simulation import Simulation
 from fedbcs_models import UNet
 
@@ -229,7 +229,7 @@ def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatc
     assert server_app.run_server(None, to_run_config(config, out_dir=str(out))) == canned
     whole = {path.name for path in renamed if path.parent == out}
     assert whole == {"config.json", "summary.md", "dice.png", "model.safetensors"}
-    assert {path.name for path in out.iterdir()} == whole | {"metrics.jsonl"}
+    assert {path.name for path in out.iterdir()} == whole | {"metrics.jsonl", LOCK_FILE}
     assert read_config(out) == config and read_records(out) == canned
     assert (out / "summary.md").read_text().startswith("# fedavg on synthetic-nuclei (Flower)")
 
