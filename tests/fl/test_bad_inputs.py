@@ -1,8 +1,8 @@
 """Every bad input to ``fedbcs train`` and ``fedbcs eval``: one line naming what is wrong,
 a non-zero exit, no traceback, and nothing read or trained before the refusal.
 
-``data_read`` makes reading the data an error of its own kind, so a test whose command
-got past its checks fails by raising it.
+``data_read`` (tests/conftest.py) makes reading the data an error of its own kind, so a
+test whose command got past its checks fails by raising it.
 """
 
 from __future__ import annotations
@@ -24,18 +24,6 @@ from fedbcs_fl.config import RunConfig
 from fedbcs_fl.run_folder import MODEL_FILE, append_record, save_model, write_config
 
 from .._tiny import tiny_argv, tiny_config
-
-
-class DataRead(Exception):
-    """The command read its data: it got past every check."""
-
-
-@pytest.fixture
-def data_read(monkeypatch):
-    def refuse(config, workers=0):
-        raise DataRead(config)
-
-    monkeypatch.setattr("fedbcs_fl.data.load_sites", refuse)
 
 
 def refused(capsys, argv: list[str], message: str) -> str:
@@ -207,7 +195,7 @@ def test_eval_refuses_a_bad_model_file_before_the_data_are_read(
 
 
 def test_eval_of_a_sound_model_gets_to_the_data(data_read, saved_model):
-    with pytest.raises(DataRead):
+    with pytest.raises(data_read):
         main(["eval", "--checkpoint", str(saved_model)])
 
 

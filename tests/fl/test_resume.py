@@ -17,18 +17,6 @@ from fedbcs_fl.run_folder import CONFIG_FILE, METRICS_FILE, append_record, write
 from .._tiny import tiny_argv, tiny_config
 
 
-class DataRead(Exception):
-    """The command read its data: it got past every check (``args[0]``: its config)."""
-
-
-@pytest.fixture
-def data_read(monkeypatch):
-    def refuse(config, workers=0):
-        raise DataRead(config)
-
-    monkeypatch.setattr("fedbcs_fl.data.load_sites", refuse)
-
-
 @pytest.fixture
 def killed_run(tmp_path):
     """A FedBCS run of 3 rounds killed after round 2: config.json, two records, and a
@@ -41,9 +29,9 @@ def killed_run(tmp_path):
     return tmp_path
 
 
-def resumed_config(argv: list[str]) -> RunConfig:
+def resumed_config(data_read, argv: list[str]) -> RunConfig:
     """The configuration ``fedbcs train argv`` reads the data with."""
-    with pytest.raises(DataRead) as read:
+    with pytest.raises(data_read) as read:
         main(["train", *argv])
     return read.value.args[0]
 
@@ -57,13 +45,13 @@ def refused(capsys, argv: list[str]) -> str:
 
 def test_the_runs_own_options_and_the_ones_at_their_default_resume_it(data_read, killed_run):
     saved = RunConfig.load(killed_run / CONFIG_FILE)
-    assert resumed_config(["--resume", str(killed_run)]) == saved
+    assert resumed_config(data_read, ["--resume", str(killed_run)]) == saved
     same = [*tiny_argv("fedbcs", rounds=3), "--tau", "0.005", "--quiet", "--workers", "0"]
-    assert resumed_config([*same, "--resume", str(killed_run)]) == saved
+    assert resumed_config(data_read, [*same, "--resume", str(killed_run)]) == saved
 
 
 def test_rounds_may_grow(data_read, killed_run):
-    config = resumed_config(["--resume", str(killed_run), "--rounds", "5"])
+    config = resumed_config(data_read, ["--resume", str(killed_run), "--rounds", "5"])
     assert config.rounds == 5
 
 
@@ -88,7 +76,7 @@ def test_out_beside_resume_must_be_the_same_folder(capsys, data_read, killed_run
     other = tmp_path / "other"
     err = refused(capsys, ["--resume", str(killed_run), "--out", str(other)])
     assert f"leave out --out {other}" in err
-    resumed_config(["--resume", str(killed_run), "--out", str(killed_run)])
+    resumed_config(data_read, ["--resume", str(killed_run), "--out", str(killed_run)])
 
 
 def test_fewer_rounds_than_are_done_are_refused(capsys, data_read, killed_run):

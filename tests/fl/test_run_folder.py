@@ -151,13 +151,9 @@ def test_a_folder_held_by_another_process_is_refused_and_free_once_it_is_killed(
         pass
 
 
-def test_a_second_train_on_a_folder_in_use_stops_at_once(held, capsys, monkeypatch):
+def test_a_second_train_on_a_folder_in_use_stops_at_once(held, capsys, data_read):
     from fedbcs_fl.cli import main
 
-    def read(config, workers=0):
-        raise AssertionError("the data were read")
-
-    monkeypatch.setattr("fedbcs_fl.data.load_sites", read)
     folder, _ = held
     assert main(["train", *tiny_argv("fedavg"), "--out", str(folder)]) == 2
     err = capsys.readouterr().err

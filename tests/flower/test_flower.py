@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +28,7 @@ from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
 from fedbcs_fl.flower import client_app, server_app
-from fedbcs_fl.flower.processes import alive
+from fedbcs_fl.flower.processes import DONE, alive, descendants, stop_processes, watch
 from fedbcs_fl.flower.records import (
     CONFIG_KEY,
     PAYLOAD_KEY,
@@ -234,6 +236,21 @@ def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatc
     assert (out / "summary.md").read_text().startswith("# fedavg on synthetic-nuclei (Flower)")
 
 
+def test_the_watchdog_stops_what_its_parent_started_unless_told_it_is_done(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    watch(home, iter([f"{sleeper.pid}\n"]))  # the parent died: its pipe just ended
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    assert not home.exists()
+    home.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    watch(home, iter([f"{sleeper.pid}\n", f"{DONE}\n"]))  # the parent stopped them itself
+    assert sleeper.poll() is None and home.exists()
+    sleeper.kill()
+    sleeper.wait()
+
+
 # ---- real deployments ----------------------------------------------------------------------
 
 
@@ -303,3 +320,58 @@ def test_a_client_that_raises_is_reported_and_the_round_completes(faulty_run):
     assert (out / "model.safetensors").exists()
     report = json.loads((out / "flower-local.json").read_text())
     assert not [pid for pid in report["pids"] if alive(pid)]
+
+
+def _started_flower_local(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """A long ``fedbcs flower-local`` (temporary files in ``tmp_path/tmp``) once its first
+    round is recorded, when every process of the deployment runs: (process, out, tmp)."""
+    tmp, out = tmp_path / "tmp", tmp_path / "run"
+    tmp.mkdir()
+    command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *tiny_argv("fedavg")]
+    process = subprocess.Popen(
+        [*command, "--rounds", "100", "--out", str(out)],
+        cwd=ROOT,
+        env=os.environ | {"TMPDIR": str(tmp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 400
+    while not (out / "metrics.jsonl").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no round recorded"
+        time.sleep(1)
+    return process, out, tmp
+
+
+def _gone(pids: set[int], seconds: float) -> list[int]:
+    """The processes of ``pids`` still running after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [pid for pid in pids if alive(pid)]
+
+
+@pytest.mark.e2e
+def test_flower_local_killed_leaves_no_process_and_no_temporary_folder(tmp_path):
+    process, _, tmp = _started_flower_local(tmp_path)
+    tree = descendants([process.pid])
+    assert len(tree) >= 6  # flower-local, its watchdog, SuperLink, 2 SuperNodes, flwr run, ...
+    process.kill()
+    process.wait()
+    left = _gone(tree, 60)
+    stop_processes(set(left))  # whatever this test finds, it leaves nothing behind
+    assert left == []
+    assert list(tmp.glob("fedbcs-flwr-home-*")) == []
+
+
+@pytest.mark.e2e
+def test_flower_local_stopped_by_sigterm_says_so(tmp_path):
+    process, out, _ = _started_flower_local(tmp_path)
+    tree = descendants([process.pid])
+    process.terminate()
+    assert process.wait(timeout=120) == 130
+    left = _gone(tree, 30)
+    stop_processes(set(left))
+    assert left == []
+    report = json.loads((out / "flower-local.json").read_text())
+    assert report["status"] == "stopped by SIGTERM" and not report["ok"]
+    assert report["run_id"] is not None and report["rounds_completed"] >= 1
