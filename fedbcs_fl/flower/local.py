@@ -131,9 +131,13 @@ class LocalDeployment:
             )
         self.processes.append(process)
         self.pids.add(process.pid)
-        self.watchdog.stdin.write(f"{process.pid}\n")
-        self.watchdog.stdin.flush()
+        self._tell_watchdog(process.pid)
         return process
+
+    def _tell_watchdog(self, pid: int) -> None:
+        """A process the watchdog must stop if we die (``pid``), or may forget (``-pid``)."""
+        self.watchdog.stdin.write(f"{pid}\n")
+        self.watchdog.stdin.flush()
 
     def _wait_for_port(self, process: subprocess.Popen, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -211,17 +215,28 @@ class LocalDeployment:
     # ---- the run -------------------------------------------------------------------------
 
     def _flwr(self, *args: str, timeout: float = 120.0) -> str:
-        result = subprocess.run(
+        """Run a ``flwr`` command to its end (it writes into FLWR_HOME, so the watchdog
+        must stop it too before it removes the folder)."""
+        process = subprocess.Popen(
             [_executable("flwr"), *args],
             env=self.env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             text=True,
-            timeout=timeout,
-            check=False,
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"flwr {' '.join(args)} failed: {result.stdout}{result.stderr}")
-        return result.stdout
+        self._tell_watchdog(process.pid)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        finally:
+            self._tell_watchdog(-process.pid)  # reaped: its PID may be reused
+        if process.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed: {stdout}{stderr}")
+        return stdout
 
     def run_status(self, run_id: int) -> str:
         """The SuperLink's status of a run, e.g. ``finished:completed``."""

@@ -7,10 +7,11 @@ walking the process tree (``ps``, so Linux and macOS) from the processes it star
 
 The watchdog is this file run as a script (standard library only, so that it starts fast
 and runs the same code as its parent, whatever ``fedbcs_fl`` the interpreter would
-import): ``python processes.py FOLDER``. It reads one PID a line from its stdin, the
-processes its parent started; ``done`` means the parent stopped them itself. At the end of
-its stdin without ``done`` (the parent died: the system closes the pipe even after
-SIGKILL) it stops every process below those PIDs and removes ``FOLDER``.
+import): ``python processes.py FOLDER``. It reads one PID a line from its stdin: a process
+its parent started, or, negated, one that ended and was reaped (its PID may be reused);
+``done`` means the parent stopped them itself. At the end of its stdin without ``done``
+(the parent died: the system closes the pipe even after SIGKILL) it stops every process
+below those PIDs and removes ``FOLDER``.
 """
 
 from __future__ import annotations
@@ -77,14 +78,18 @@ def stop_processes(pids: set[int], grace: float = STOP_GRACE_SECONDS) -> None:
 
 
 def watch(folder: Path, commands: Iterable[str]) -> None:
-    """The watchdog: collect PIDs from ``commands`` (lines) until ``done`` or their end;
+    """The watchdog: follow the PIDs of ``commands`` (lines) until ``done`` or their end;
     at their end without ``done``, stop every process below the PIDs and remove
     ``folder``."""
-    roots = []
+    roots: set[int] = set()
     for line in commands:
         if line.strip() == DONE:
             return
-        roots.append(int(line))
+        pid = int(line)
+        if pid > 0:
+            roots.add(pid)
+        else:
+            roots.discard(-pid)
     stop_processes(descendants(roots))
     shutil.rmtree(folder, ignore_errors=True)
 

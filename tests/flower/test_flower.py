@@ -247,6 +247,8 @@ def test_the_watchdog_stops_what_its_parent_started_unless_told_it_is_done(tmp_p
     sleeper = subprocess.Popen(["sleep", "600"])
     watch(home, iter([f"{sleeper.pid}\n", f"{DONE}\n"]))  # the parent stopped them itself
     assert sleeper.poll() is None and home.exists()
+    watch(home, iter([f"{sleeper.pid}\n", f"-{sleeper.pid}\n"]))  # reaped, so forgotten
+    assert sleeper.poll() is None
     sleeper.kill()
     sleeper.wait()
 
@@ -322,9 +324,11 @@ def test_a_client_that_raises_is_reported_and_the_round_completes(faulty_run):
     assert not [pid for pid in report["pids"] if alive(pid)]
 
 
-def _started_flower_local(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
-    """A long ``fedbcs flower-local`` (temporary files in ``tmp_path/tmp``) once its first
-    round is recorded, when every process of the deployment runs: (process, out, tmp)."""
+@pytest.fixture
+def started_flower_local(tmp_path):
+    """A long ``fedbcs flower-local`` (temporary files in ``tmp_path/tmp``), once its
+    ServerApp has begun the run, when every kind of process of the deployment runs:
+    (process, out, tmp). Whatever the test leaves running is stopped afterwards."""
     tmp, out = tmp_path / "tmp", tmp_path / "run"
     tmp.mkdir()
     command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *tiny_argv("fedavg")]
@@ -335,14 +339,21 @@ def _started_flower_local(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 400
-    while not (out / "metrics.jsonl").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no round recorded"
-        time.sleep(1)
-    return process, out, tmp
+    seen = {process.pid}
+    try:
+        deadline = time.monotonic() + 900
+        while not (out / "config.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no run began"
+            seen |= descendants([process.pid])
+            time.sleep(1)
+        time.sleep(5)  # the ServerApp's round 1 asks the ClientApps
+        yield process, out, tmp
+    finally:
+        stop_processes(seen | descendants(seen))
+        process.wait()
 
 
-def _gone(pids: set[int], seconds: float) -> list[int]:
+def _left_running(pids: set[int], seconds: float) -> list[int]:
     """The processes of ``pids`` still running after up to ``seconds``."""
     deadline = time.monotonic() + seconds
     while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
@@ -351,27 +362,23 @@ def _gone(pids: set[int], seconds: float) -> list[int]:
 
 
 @pytest.mark.e2e
-def test_flower_local_killed_leaves_no_process_and_no_temporary_folder(tmp_path):
-    process, _, tmp = _started_flower_local(tmp_path)
+def test_flower_local_killed_leaves_no_process_and_no_temporary_folder(started_flower_local):
+    process, _, tmp = started_flower_local
     tree = descendants([process.pid])
     assert len(tree) >= 6  # flower-local, its watchdog, SuperLink, 2 SuperNodes, flwr run, ...
     process.kill()
     process.wait()
-    left = _gone(tree, 60)
-    stop_processes(set(left))  # whatever this test finds, it leaves nothing behind
-    assert left == []
+    assert _left_running(tree, 60) == []
     assert list(tmp.glob("fedbcs-flwr-home-*")) == []
 
 
 @pytest.mark.e2e
-def test_flower_local_stopped_by_sigterm_says_so(tmp_path):
-    process, out, _ = _started_flower_local(tmp_path)
+def test_flower_local_stopped_by_sigterm_says_so(started_flower_local):
+    process, out, _ = started_flower_local
     tree = descendants([process.pid])
     process.terminate()
     assert process.wait(timeout=120) == 130
-    left = _gone(tree, 30)
-    stop_processes(set(left))
-    assert left == []
+    assert _left_running(tree, 30) == []
     report = json.loads((out / "flower-local.json").read_text())
     assert report["status"] == "stopped by SIGTERM" and not report["ok"]
-    assert report["run_id"] is not None and report["rounds_completed"] >= 1
+    assert report["run_id"] is not None
