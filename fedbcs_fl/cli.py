@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -27,7 +28,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """A positive integer, also in scientific notation ("1e4"), so that a huge count reaches
+    the check that says why it is too large (fedbcs_fl/config_checks.py)."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        value = int(number) if number.is_integer() else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
@@ -192,44 +202,102 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(**values, method_options=options).resolved()
 
 
+# Options of ``train`` that are no run setting: they may go with ``--resume``.
+_NOT_RUN_SETTINGS = ("resume", "baseline", "quiet", "workers")
+
+
+def _flags(names) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
+def _resumed_config(args: argparse.Namespace, out: Path) -> RunConfig:
+    """The configuration ``--resume`` continues ``out`` with: its config.json, with the run
+    options given beside ``--resume``, which must agree with it but for the settings
+    resuming may change (``RESUME_MAY_CHANGE``: ``--rounds``, ``--data-root``)."""
+    from .run_folder import RESUME_MAY_CHANGE, read_config, resume_conflicts
+
+    saved = read_config(out).resolved()
+    given = args.given - set(_NOT_RUN_SETTINGS)
+    if "out" in given and Path(args.out).resolve() != out.resolve():
+        raise ValueError(f"--resume {out} continues that folder: leave out --out {args.out}")
+    fields = {f.name for f in dataclasses.fields(RunConfig)} & given
+    options = {name: getattr(args, name) for name in _method_options() if name in given}
+    requested = dataclasses.replace(
+        saved,
+        **{name: getattr(args, name) for name in fields},
+        method_options={**saved.method_options, **options},
+    ).resolved()
+    changed = resume_conflicts(saved, requested)
+    if changed:
+        raise ValueError(
+            f"--resume continues {out} with its {out / 'config.json'}; {_flags(changed)} "
+            f"differ from it, and resuming may change only {_flags(RESUME_MAY_CHANGE)}"
+        )
+    return dataclasses.replace(saved, **{f: getattr(requested, f) for f in RESUME_MAY_CHANGE})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .run_folder import console_log, default_run_dir, holds_run, read_config
+    from .data import load_sites
+    from .data.splits import write_split
+    from .run_folder import (
+        CONFIG_FILE,
+        SPLIT_FILE,
+        console_log,
+        default_run_dir,
+        hold_run_folder,
+        holds_run,
+        read_baseline,
+        read_records,
+        split_file,
+        write_run_summary,
+    )
+    from .simulation import Simulation, load_resume_checkpoint
 
     if args.resume:
         out = Path(args.resume)
-        config = read_config(out)
+        if not (out / CONFIG_FILE).is_file():
+            raise ValueError(f"--resume {out}: no run to resume there (no {CONFIG_FILE})")
     else:
         config = config_from_args(args)
         out = Path(args.out) if args.out else default_run_dir(config)
-        if holds_run(out):
+    # Everything that can be refused is, before the data are read: the folder (a file, not
+    # writable, in use), the resumed settings and checkpoint, and the baseline.
+    with hold_run_folder(out), console_log(out):
+        if args.resume:
+            config = _resumed_config(args, out)
+            checkpoint = load_resume_checkpoint(out, config)
+            if holds_run(out):
+                read_records(out)  # a line that is not a round record is named here
+        elif holds_run(out):
             raise ValueError(
                 f"{out} already holds a run; continue it with --resume {out}, "
                 "or choose another --out"
             )
-    with console_log(out):
-        return _train(args, config, out)
-
-
-def _train(args: argparse.Namespace, config: RunConfig, out: Path) -> int:
-    from .data import load_sites
-    from .data.splits import write_split
-    from .run_folder import write_run_summary
-    from .simulation import Simulation
-
-    sites = load_sites(config, workers=args.workers)
-    simulation = Simulation(config, sites, out, progress=not args.quiet)
-    if args.resume:
-        simulation.resume()
-        print(f"resuming {out} after round {simulation.completed_rounds}")
-    if data_source(config.dataset).reads_files and not (out / "split.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        write_split(sites, out / "split.json")
-    records = simulation.run()
-    print(write_run_summary(out, config, records, args.baseline))
-    faults = simulation.fault_summary()
-    if faults:
-        print("faults and rejected updates:\n" + faults)
-    print(f"results in {out}/")
+        if args.baseline:
+            read_baseline(args.baseline, config)
+        own_split = split_file(out) if args.resume else None
+        data_config = config
+        if own_split is not None:  # the run's split, whatever was added to the data since
+            data_config = dataclasses.replace(config, split_file=str(own_split))
+        sites = load_sites(data_config, workers=args.workers)
+        simulation = Simulation(config, sites, out, progress=not args.quiet)
+        if args.resume:
+            simulation.resume(checkpoint)
+            print(f"resuming {out} after round {simulation.completed_rounds}")
+        if data_source(config.dataset).reads_files and own_split is None:
+            write_split(sites, out / SPLIT_FILE)
+        try:
+            records = simulation.run()
+        except OSError as error:
+            raise RuntimeError(
+                f"{error}; what the run wrote before is intact: fix the cause (e.g. free "
+                f"space), then continue with fedbcs train --resume {out}"
+            ) from None
+        print(write_run_summary(out, config, records, args.baseline))
+        faults = simulation.fault_summary()
+        if faults:
+            print("faults and rejected updates:\n" + faults)
+        print(f"results in {out}/")
     return 0
 
 
@@ -247,8 +315,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_batch_size:
         config = dataclasses.replace(config, eval_batch_size=args.eval_batch_size)
     config = config.resolved()
-    sites = load_sites(config)
+    # A foreign, truncated or non-finite model is refused before the data are read.
     model = model_from_file(checkpoint, config).to(config.device)
+    sites = load_sites(config)
     results = evaluate_sites(model, sites, config)
     dice = {site: m["dice"] for site, m in results.items()}
     print(table1({config.method: [[{"dice": dice}]]}, list(dice), baseline=None, spread=False))
@@ -435,15 +504,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-partition", type=int, default=-1, help="fault injection: this node's train raises"
     )
     flower.set_defaults(func=cmd_flower_local)
+    for command in commands.choices.values():  # to tell given options from defaults
+        command.set_defaults(command_parser=command)
     return parser
+
+
+_UNSET = object()
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations that ``argv`` sets, not by default: argparse fills in a default
+    only where the namespace has no value yet."""
+    namespace = argparse.Namespace(**{action.dest: _UNSET for action in parser._actions})
+    parser.parse_args(argv, namespace)
+    return {dest for dest, value in vars(namespace).items() if value is not _UNSET}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.given = _given_options(args.command_parser, argv[1:])
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"fedbcs {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config_checks import check_config
 from .data.sources import data_source
 
 CONFIG_VERSION = 1
@@ -79,7 +80,8 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """A copy with the data source's defaults (:class:`~fedbcs_fl.data.RunDefaults`)
-        filled in where a field is None; ``ValueError`` for an unknown dataset."""
+        filled in where a field is None; ``ValueError`` for an unknown dataset or a
+        setting out of its range (:func:`~fedbcs_fl.config_checks.check_config`)."""
         source = data_source(self.dataset)
         out = dataclasses.replace(self, method_options=dict(self.method_options))
         for name in ("optimizer", "lr", "momentum", "image_size"):
@@ -87,6 +89,7 @@ class RunConfig:
                 setattr(out, name, getattr(source.defaults, name))
         if out.data_version is None:
             out.data_version = source.version
+        check_config(out)
         return out
 
     def to_json(self) -> str:

@@ -49,6 +49,23 @@ def three_class_source(monkeypatch):
     return source
 
 
+class DataRead(Exception):
+    """A command read its data: it got past every check before that (``args[0]``: the
+    configuration it read them with)."""
+
+
+@pytest.fixture
+def data_read(monkeypatch) -> type[DataRead]:
+    """Reading data (``fedbcs_fl.data.load_sites``) raises the returned exception type, so
+    a test of a command's checks fails, or stops, where the command would read its data."""
+
+    def refuse(config, workers=0):
+        raise DataRead(config)
+
+    monkeypatch.setattr("fedbcs_fl.data.load_sites", refuse)
+    return DataRead
+
+
 @pytest.fixture
 def eval_batch_sizes(monkeypatch) -> list[int]:
     """The batch size of every ``fedbcs_fl.client.evaluate_split`` call, in call order."""

@@ -17,7 +17,6 @@ its clients send in ``uploads`` (:mod:`fedbcs_fl.payload`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ from torch import nn
 
 from ..aggregation import weighted_average
 from ..config import RunConfig
+from ..config_checks import check_interval
 from ..data.sources import data_source
 from ..losses import check_dice_loss_classes, segmentation_loss
 from ..payload import PrototypeSet, Upload, prototype_sets
@@ -75,12 +75,7 @@ def check_option(name: str, value: Any) -> None:
                 f"{name} must be one of {', '.join(OPTION_CHOICES[name])}; got {value!r}"
             )
         return
-    interval = option_range(name)
-    low, high = (float(b) for b in interval[1:-1].split(","))
-    above = value >= low if interval[0] == "[" else value > low
-    below = value <= high if interval[-1] == "]" else value < high
-    if not (above and below and math.isfinite(value)):  # NaN fails every comparison
-        raise ValueError(f"{name} must be in {interval}; got {value}")
+    check_interval(name, value, option_range(name))
 
 
 @dataclass

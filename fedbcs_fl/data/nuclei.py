@@ -31,7 +31,7 @@ from PIL import Image
 from .base import SiteData
 from .problems import DataError, Problem, Report, site_report
 from .samples import assemble_sites, quantize, resize
-from .site_folders import Case, read_site_folders, select_sites
+from .site_folders import Case, broken_link, read_site_folders, select_sites
 from .splits import assign_split, check_fractions, load_split_file
 
 DOMAINS = ("TCIA", "CRC", "KIRC", "TNBC")
@@ -46,11 +46,15 @@ _SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
 
 def _files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
-    """Image files in ``folder`` by stem, and a problem for each stem found twice."""
+    """Image files in ``folder`` by stem, and a problem for each stem found twice and each
+    broken link."""
     files: dict[str, Path] = {}
     problems = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in _EXTENSIONS or not path.is_file():
+        if path.suffix.lower() not in _EXTENSIONS:
+            continue
+        if not path.is_file():
+            problems += broken_link(path)
             continue
         if path.stem in files:
             problems.append(Problem(path, f"same name as {files[path.stem].name}"))
@@ -87,8 +91,9 @@ def find_items(domain_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Pro
 def read_lists(domain_dir: Path, stems: Sequence[str]) -> tuple[dict | None, list[Problem]]:
     """The domain's ``train.txt`` / ``val.txt`` as ``{"train": [...], "val": [], "test": [...]}``.
 
-    None when neither file exists. Problems: only one of them, an entry naming no image,
-    or an image in both. Images listed in neither are left out.
+    None when neither file exists. Problems: only one of them, a list naming no image, an
+    entry naming no image or named twice, or an image in both. Images listed in neither
+    are left out.
     """
     paths = {name: domain_dir / file for name, file in _LISTS.items()}
     present = [path for path in paths.values() if path.is_file()]
@@ -106,22 +111,34 @@ def read_lists(domain_dir: Path, stems: Sequence[str]) -> tuple[dict | None, lis
         entries = [Path(line.strip()).name for line in lines]
         entries = [Path(e).stem if Path(e).suffix.lower() in _EXTENSIONS else e for e in entries]
         lists[name] = [e for e in entries if e]
+        if not lists[name]:
+            problems.append(Problem(path, "lists no image"))
         problems += [
             Problem(path, f"lists {e}, which is not an image with a mask")
             for e in lists[name]
             if e not in stems
         ]
+        repeated = sorted({e for e in lists[name] if lists[name].count(e) > 1})
+        problems += [Problem(path, f"lists {e} more than once") for e in repeated]
     both = sorted(set(lists["train"]) & set(lists["test"]))
     problems += [Problem(paths["test"], f"{stem} is also in train.txt") for stem in both]
     return lists, problems
 
 
 def _read_array(path: Path, rgb: bool) -> np.ndarray:
-    """Pixels of a PNG (Pillow; converted to RGB if ``rgb``) or TIFF (tifffile) file."""
+    """Pixels of a PNG (Pillow; converted to RGB if ``rgb``) or TIFF (tifffile) file.
+
+    A palette PNG gives the colours its indices stand for, never the indices: a mask
+    whose palette maps index 0 to white would otherwise read inverted.
+    """
     if path.suffix.lower() in (".tif", ".tiff"):
         return tifffile.imread(path)
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB") if rgb else image)
+        if rgb:
+            return np.asarray(image.convert("RGB"))
+        if image.mode in ("P", "PA"):
+            return np.asarray(image.convert("RGBA"))  # grey colours pass, others are refused
+        return np.asarray(image)
 
 
 def _as_rgb(array: np.ndarray, path: Path) -> tuple[torch.Tensor | None, list[Problem]]:

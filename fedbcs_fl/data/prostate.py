@@ -31,7 +31,7 @@ import torch
 from .base import SiteData
 from .problems import DataError, Problem, Report, site_report
 from .samples import assemble_sites, quantize, resize
-from .site_folders import Case, read_site_folders, select_sites
+from .site_folders import Case, broken_link, read_site_folders, select_sites
 from .splits import assign_split, check_fractions, load_split_file
 
 SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
@@ -44,27 +44,33 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def find_cases(site_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Problem]]:
-    """``{case: (image, mask)}`` in a site folder, and the unpaired or duplicated files."""
+    """``{case: (image, mask)}`` in a site folder, and the unpaired or duplicated files
+    (``.nii`` beside ``.nii.gz``) and broken links."""
     if not site_dir.is_dir():
         return {}, [Problem(site_dir, "site folder is missing")]
-    images: dict[str, Path] = {}
+    images: dict[str, list[Path]] = {}
     masks: dict[str, list[Path]] = {}
+    problems = []
     for path in sorted(site_dir.iterdir()):
         stem = next((path.name[: -len(s)] for s in _NIFTI_SUFFIXES if path.name.endswith(s)), None)
-        if stem is None or not path.is_file():
+        if stem is None:
+            continue
+        if not path.is_file():
+            problems += broken_link(path)
             continue
         if stem.lower().endswith(_MASK_SUFFIX):
             masks.setdefault(stem[: -len(_MASK_SUFFIX)], []).append(path)
         else:
-            images[stem] = path
-    problems = [
-        Problem(paths[1], f"second mask for {case} (also {paths[0].name})")
-        for case, paths in masks.items()
-        if len(paths) > 1
-    ]
+            images.setdefault(stem, []).append(path)
+    for kind, found in (("image", images), ("mask", masks)):
+        problems += [
+            Problem(paths[1], f"second {kind} for {case} (also {paths[0].name})")
+            for case, paths in found.items()
+            if len(paths) > 1
+        ]
     problems += [
-        Problem(path, f"image has no mask (expected {case}{_MASK_SUFFIX}.nii.gz)")
-        for case, path in images.items()
+        Problem(paths[0], f"image has no mask (expected {case}{_MASK_SUFFIX}.nii.gz)")
+        for case, paths in images.items()
         if case not in masks
     ]
     problems += [
@@ -72,7 +78,7 @@ def find_cases(site_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Probl
         for case, paths in masks.items()
         if case not in images
     ]
-    cases = {case: (path, masks[case][0]) for case, path in images.items() if case in masks}
+    cases = {case: (paths[0], masks[case][0]) for case, paths in images.items() if case in masks}
     if not images and not masks:
         problems.append(Problem(site_dir, "no CaseNN.nii.gz volumes found"))
     return cases, problems

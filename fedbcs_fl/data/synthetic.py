@@ -61,7 +61,13 @@ from torch.utils.data import TensorDataset
 
 from .base import SiteData
 
-__all__ = ["SITE_SIZES", "SYNTHETIC_SITES", "SYNTHETIC_VERSION", "make_synthetic"]
+__all__ = [
+    "SITE_SIZES",
+    "SYNTHETIC_SITES",
+    "SYNTHETIC_VERSION",
+    "make_synthetic",
+    "synthetic_nbytes",
+]
 
 SYNTHETIC_VERSION: dict[str, int] = {"synthetic-nuclei": 2, "synthetic-prostate": 3}
 """Version of each data set's generator; a run's ``config.json`` records it
@@ -456,6 +462,18 @@ _SPLITS = ("train", "test")
 def site_train_count(name: str, site: str, n_train: int) -> int:
     """Training images of ``site`` for a requested mean of ``n_train`` per site."""
     return max(_MIN_TRAIN, round(_SITES[name][site].size * n_train))
+
+
+def synthetic_nbytes(
+    name: str, n_train: int, n_test: int, image_size: int, sites: list[str] | None = None
+) -> int:
+    """Bytes the images and masks of :func:`make_synthetic` take in memory (float32
+    ``[3, S, S]`` images and int64 ``[S, S]`` masks), for the same arguments."""
+    per_image = image_size * image_size * (3 * 4 + 8)
+    names = SYNTHETIC_SITES[name] if sites is None else sites
+    known = [site for site in names if site in SITE_SIZES[name]]  # make_synthetic names the rest
+    images = sum(site_train_count(name, site, n_train) + n_test for site in known)
+    return images * per_image
 
 
 def make_synthetic(

@@ -24,6 +24,14 @@ FOREGROUND_SLICES = (0, 2, 5)  # both volume ends, to exercise the clamping
 MASK_X, MASK_Y = slice(1, 3), slice(2, 6)
 
 
+def assert_problems(problems, expected: dict[str, str]) -> None:
+    """``problems`` are one per file of ``expected``, ``{file name: part of its message}``."""
+    found = {problem.path.name: problem.message for problem in problems}
+    assert found.keys() == expected.keys(), found
+    for name, part in expected.items():
+        assert part in found[name], found[name]
+
+
 def write_nifti(path: Path, array: np.ndarray) -> Path:
     """Write ``array`` as a NIfTI-1 file with an identity affine."""
     nib.save(nib.Nifti1Image(array, np.eye(4)), path)

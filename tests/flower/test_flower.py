@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +28,7 @@ from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
 from fedbcs_fl.flower import client_app, server_app
-from fedbcs_fl.flower.local import alive
+from fedbcs_fl.flower.processes import DONE, alive, descendants, stop_processes, watch
 from fedbcs_fl.flower.records import (
     CONFIG_KEY,
     PAYLOAD_KEY,
@@ -43,7 +45,7 @@ from fedbcs_fl.flower.settings import (
     to_run_config,
 )
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
-from fedbcs_fl.run_folder import read_config, read_records
+from fedbcs_fl.run_folder import LOCK_FILE, read_config, read_records
 from fedbcs_fl.simulation import Simulation
 from fedbcs_models import UNet
 
@@ -192,7 +194,7 @@ def test_the_client_app_trains_the_model_its_source_declares(three_class_source,
         {
             WEIGHTS_KEY: ArrayRecord(torch_state_dict=model.state_dict()),
             PAYLOAD_KEY: ArrayRecord(),
-            CONFIG_KEY: ConfigRecord(),
+            CONFIG_KEY: ConfigRecord({"server-round": 1}),  # as the strategy sends it
         }
     )
     message = Message(content, dst_node_id=1, message_type="train")
@@ -229,10 +231,27 @@ def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatc
     assert server_app.run_server(None, to_run_config(config, out_dir=str(out))) == canned
     whole = {path.name for path in renamed if path.parent == out}
     assert whole == {"config.json", "summary.md", "dice.png", "model.safetensors"}
-    appended = {"metrics.jsonl", "train.log", "tensorboard"}  # grown, not renamed
+    appended = {"metrics.jsonl", "train.log", "tensorboard", LOCK_FILE}  # not renamed
     assert {path.name for path in out.iterdir()} == whole | appended
     assert read_config(out) == config and read_records(out) == canned
     assert (out / "summary.md").read_text().startswith("# fedavg on synthetic-nuclei (Flower)")
+
+
+def test_the_watchdog_stops_what_its_parent_started_unless_told_it_is_done(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    watch(home, iter([f"{sleeper.pid}\n"]))  # the parent died: its pipe just ended
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    assert not home.exists()
+    home.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    watch(home, iter([f"{sleeper.pid}\n", f"{DONE}\n"]))  # the parent stopped them itself
+    assert sleeper.poll() is None and home.exists()
+    watch(home, iter([f"{sleeper.pid}\n", f"-{sleeper.pid}\n"]))  # reaped, so forgotten
+    assert sleeper.poll() is None
+    sleeper.kill()
+    sleeper.wait()
 
 
 # ---- real deployments ----------------------------------------------------------------------
@@ -304,3 +323,63 @@ def test_a_client_that_raises_is_reported_and_the_round_completes(faulty_run):
     assert (out / "model.safetensors").exists()
     report = json.loads((out / "flower-local.json").read_text())
     assert not [pid for pid in report["pids"] if alive(pid)]
+
+
+@pytest.fixture
+def started_flower_local(tmp_path):
+    """A long ``fedbcs flower-local`` (temporary files in ``tmp_path/tmp``), once its
+    ServerApp has begun the run, when every kind of process of the deployment runs:
+    (process, out, tmp). Whatever the test leaves running is stopped afterwards."""
+    tmp, out = tmp_path / "tmp", tmp_path / "run"
+    tmp.mkdir()
+    command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *tiny_argv("fedavg")]
+    process = subprocess.Popen(
+        [*command, "--rounds", "100", "--out", str(out)],
+        cwd=ROOT,
+        env=os.environ | {"TMPDIR": str(tmp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen = {process.pid}
+    try:
+        deadline = time.monotonic() + 900
+        while not (out / "config.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no run began"
+            seen |= descendants([process.pid])
+            time.sleep(1)
+        time.sleep(5)  # the ServerApp's round 1 asks the ClientApps
+        yield process, out, tmp
+    finally:
+        stop_processes(seen | descendants(seen))
+        process.wait()
+
+
+def _left_running(pids: set[int], seconds: float) -> list[int]:
+    """The processes of ``pids`` still running after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [pid for pid in pids if alive(pid)]
+
+
+@pytest.mark.e2e
+def test_flower_local_killed_leaves_no_process_and_no_temporary_folder(started_flower_local):
+    process, _, tmp = started_flower_local
+    tree = descendants([process.pid])
+    assert len(tree) >= 6  # flower-local, its watchdog, SuperLink, 2 SuperNodes, flwr run, ...
+    process.kill()
+    process.wait()
+    assert _left_running(tree, 60) == []
+    assert list(tmp.glob("fedbcs-flwr-home-*")) == []
+
+
+@pytest.mark.e2e
+def test_flower_local_stopped_by_sigterm_says_so(started_flower_local):
+    process, out, _ = started_flower_local
+    tree = descendants([process.pid])
+    process.terminate()
+    assert process.wait(timeout=120) == 130
+    assert _left_running(tree, 30) == []
+    report = json.loads((out / "flower-local.json").read_text())
+    assert report["status"] == "stopped by SIGTERM" and not report["ok"]
+    assert report["run_id"] is not None
