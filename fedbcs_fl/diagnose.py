@@ -31,7 +31,10 @@ Batching: each site's images go through the model in the split's order, in batch
 the run's ``eval_batch_size`` and never mixed with other sites' images, as evaluation
 does. The UNet's BatchNorm normalises each batch with its own statistics (no running
 statistics, as released), so the features, and these measures, depend on the batch
-size: a batch of one site's images has that site's style removed to first order.
+size: a batch of one site's images has that site's style removed to first order. It
+also makes the sites' feature means equal at every such BatchNorm, and cross-validation
+then learns each site's mean from images that balance the held-out one: separability
+falls below chance there, which means no style is left, not some (docs/fl.md).
 
 Example:
     >>> diagnosis = diagnose(["runs/fedavg", "runs/fedbcs"])  # doctest: +SKIP
