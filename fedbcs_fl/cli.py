@@ -73,6 +73,7 @@ _COMMON = (
     "dice_loss_classes",
     "nuclei_intensity",
     "image_size",
+    "slice_neighbours",
     "n_train",
     "n_test",
     "init_features",
@@ -120,6 +121,12 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--image-size", type=_positive_int, help="default: the dataset's")
+    p.add_argument(
+        "--slice-neighbours",
+        type=int,
+        default=d.slice_neighbours,
+        help="folder volumes: slices either side of each sample, stacked as extra channels",
+    )
     p.add_argument("--n-train", type=_positive_int, default=d.n_train, help="synthetic only")
     p.add_argument("--n-test", type=_positive_int, default=d.n_test, help="synthetic only")
     p.add_argument("--init-features", type=_positive_int, default=d.init_features)

@@ -125,7 +125,7 @@ def check_finished(folder: Path, spec: str, seed: int, common: list[str]) -> Non
     from .cli import build_parser, config_from_args
 
     wanted = config_from_args(build_parser().parse_args(_train_args(spec, seed, common)))
-    found = read_config(folder)
+    found = read_config(folder).resolved()  # an older run's file may leave a field unset
     differ = sorted(k for k, v in vars(wanted).items() if getattr(found, k) != v)
     if differ:
         changes = ", ".join(f"{k} {getattr(found, k)!r} ≠ {getattr(wanted, k)!r}" for k in differ)

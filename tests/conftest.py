@@ -42,7 +42,8 @@ def three_class_source(monkeypatch):
             images = torch.rand(n, 1, size, size, generator=generator)
             return TensorDataset(images, torch.randint(0, 3, (n, size, size), generator=generator))
 
-        return [SiteData(name, split(config.n_train), split(config.n_test)) for name in sites]
+        names = config.sites or sites
+        return [SiteData(name, split(config.n_train), split(config.n_test)) for name in names]
 
     source = DataSource("three-class-gray", sites, num_classes=3, in_channels=1, load=load)
     monkeypatch.setitem(DATA_SOURCES, source.name, source)

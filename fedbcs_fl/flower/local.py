@@ -33,7 +33,7 @@ from typing import Any
 import tomli_w
 
 from ..config import RunConfig
-from ..data import SYNTHETIC_SITES
+from ..data import data_source
 from ..run_folder import atomic_write_text, holds_run, is_finished, read_records
 from .settings import to_run_config
 
@@ -302,18 +302,17 @@ def run_local(
 ) -> dict[str, Any]:
     """Run ``config`` on a local deployment of ``clients`` SuperNodes; results in ``out``.
 
-    Synthetic sets without ``sites`` train on their first ``clients`` sites. Returns the
+    A run without ``sites`` trains on the first ``clients`` sites of its data. Returns the
     report also written to ``out/flower-local.json``: ``ok``, ``run_id``, ``status``,
     ``rounds_completed`` and ``pids`` (every process the deployment ran, all stopped).
     """
     out = Path(out).resolve()
     if holds_run(out):
         raise ValueError(f"{out} already holds a run; choose another --out or delete it")
-    names = config.sites or SYNTHETIC_SITES.get(config.dataset)
-    if names is not None:
-        if len(names) < clients:
-            raise ValueError(f"{clients} clients but only {len(names)} sites: {names}")
-        config = dataclasses.replace(config, sites=list(names[:clients]))
+    names = config.sites or data_source(config.dataset).site_names(config.data_root)
+    if len(names) < clients:
+        raise ValueError(f"{clients} clients but only {len(names)} sites: {names}")
+    config = dataclasses.replace(config, sites=list(names[:clients]))
     run_config = to_run_config(
         config, out_dir=str(out), min_nodes=clients, fail_partition=fail_partition
     )

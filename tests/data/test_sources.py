@@ -21,10 +21,14 @@ SHIPPED = {
 }
 
 
-def test_the_registry_lists_the_four_shipped_sources():
+def test_the_registry_lists_the_shipped_sources_then_your_own_folder():
     declared = {s.name: (s.sites, s.num_classes, s.in_channels) for s in DATA_SOURCES.values()}
-    assert declared == SHIPPED
-    assert [s.name for s in DATA_SOURCES.values() if s.reads_files] == ["prostate", "nuclei"]
+    assert declared == SHIPPED | {"folder": ((), None, None)}  # folder reads them
+    assert [s.name for s in DATA_SOURCES.values() if s.reads_files] == [
+        "prostate",
+        "nuclei",
+        "folder",
+    ]
 
 
 @pytest.mark.parametrize("name", list(SHIPPED))
@@ -47,14 +51,14 @@ def test_loaded_sites_have_the_declared_channels_and_classes(name, request):
     ids=["registry", "config"],
 )
 def test_an_unknown_source_is_refused_with_the_valid_names(entry):
-    valid = "valid: synthetic-nuclei, synthetic-prostate, prostate, nuclei"
+    valid = "valid: synthetic-nuclei, synthetic-prostate, prostate, nuclei, folder"
     with pytest.raises(ValueError, match=f"unknown dataset 'mnist'; {valid}$"):
         entry("mnist")
 
 
 def test_check_data_refuses_a_generated_source_naming_those_it_reads():
     with pytest.raises(
-        ValueError, match="check-data reads real data sets; valid: prostate, nuclei"
+        ValueError, match="check-data reads real data sets; valid: prostate, nuclei, folder"
     ):
         check_data("synthetic-nuclei", "/nowhere")
 
