@@ -228,6 +228,16 @@ DATA_SOURCES: dict[str, DataSource] = {
             gray_channel=1,
         ),
         DataSource(
+            "synthetic-prostate-zones",
+            sites=tuple(SYNTHETIC_SITES["synthetic-prostate-zones"]),
+            num_classes=3,
+            in_channels=3,
+            load=_generate,
+            defaults=RunDefaults(tau=0.4),
+            version=SYNTHETIC_VERSION["synthetic-prostate-zones"],
+            gray_channel=1,
+        ),
+        DataSource(
             "prostate",
             sites=prostate.SITES,
             num_classes=2,

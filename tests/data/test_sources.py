@@ -16,6 +16,11 @@ from .._tiny import first_conv_and_head, tiny_config
 SHIPPED = {
     "synthetic-nuclei": (("site-A", "site-B", "site-C", "site-D"), 2, 3),
     "synthetic-prostate": (("site-A", "site-B", "site-C", "site-D", "site-E", "site-F"), 2, 3),
+    "synthetic-prostate-zones": (
+        ("site-A", "site-B", "site-C", "site-D", "site-E", "site-F"),
+        3,
+        3,
+    ),
     "prostate": (("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL"), 2, 3),
     "nuclei": (("TCIA", "CRC", "KIRC", "TNBC"), 2, 3),
 }
@@ -51,7 +56,10 @@ def test_loaded_sites_have_the_declared_channels_and_classes(name, request):
     ids=["registry", "config"],
 )
 def test_an_unknown_source_is_refused_with_the_valid_names(entry):
-    valid = "valid: synthetic-nuclei, synthetic-prostate, prostate, nuclei, folder"
+    valid = (
+        "valid: synthetic-nuclei, synthetic-prostate, synthetic-prostate-zones, prostate, "
+        "nuclei, folder"
+    )
     with pytest.raises(ValueError, match=f"unknown dataset 'mnist'; {valid}$"):
         entry("mnist")
 
