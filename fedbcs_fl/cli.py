@@ -216,7 +216,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file
 
     from .data import load_sites
-    from .results import table1
+    from .metrics import METRICS, class_key
+    from .results import classes_of, table1
+    from .round import evaluation_fields
     from .run_folder import CONFIG_FILE
     from .simulation import Simulation
 
@@ -240,10 +242,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model.load_state_dict(weights)
     with torch.no_grad():
         results = simulation.evaluate(model.to(simulation.device))
-    dice = {site: m["dice"] for site, m in results.items()}
-    print(table1({config.method: [[{"dice": dice}]]}, list(dice), baseline=None, spread=False))
+    record = evaluation_fields(results)
+    print(table1({config.method: [[record]]}, list(results), baseline=None, spread=False))
     for site, m in results.items():
         print(f"{site}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f}  ASSD {m['assd']:.2f}")
+        for c in classes_of(record):
+            dice, hd95, assd = (m[class_key(metric, int(c))] for metric in METRICS)
+            print(f"  class {c}: Dice {dice:.4f}  HD95 {hd95:.2f}  ASSD {assd:.2f}")
     return 0
 
 

@@ -32,8 +32,10 @@ from .algorithms import METHODS, algorithm_class, build_algorithm
 from .config import RunConfig
 from .results import (
     BEST_ROUND_CAPTION,
+    CLASS_NOTE,
     FINAL_ROUND_CAPTION,
     best_round,
+    classes_of,
     dice_matrix,
     line_plot,
     table1,
@@ -247,7 +249,8 @@ def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
     first = next(r for r in results[specs[0]][0] if "dice" in r)
     sites = list(first["dice"])
     setting = f"{dataset}, {rounds} rounds, seeds {', '.join(map(str, seeds))}"
-    dice_note = f"{setting}; Dice in %.\n\n"
+    class_note = f" {CLASS_NOTE}" if classes_of(first) else ""
+    dice_note = f"{setting}; Dice in %.{class_note}\n\n"
     tables = (
         f"{FINAL_ROUND_CAPTION}\n\n{table1(results, sites)}\n"
         f"{BEST_ROUND_CAPTION} Per seed, its own best round.\n\n"

@@ -48,6 +48,52 @@ def dice_matrix(
     return np.array([[100 * pick(records)["dice"][site] for site in sites] for records in runs])
 
 
+CLASS_NOTE = (
+    "Each site's Dice is the mean over its foreground classes; a column `class c` is class "
+    "c's Dice averaged over the sites."
+)
+
+
+def classes_of(record: dict) -> list[str]:
+    """The foreground class ids of an evaluated round record, in order, where it has
+    several; [] with one foreground class (or a record without per-class figures)."""
+    per_site = record.get("dice_per_class", {})
+    classes = sorted({c for figures in per_site.values() for c in figures}, key=int)
+    return classes if len(classes) > 1 else []
+
+
+def class_dice(record: dict, sites: list[str] | None = None) -> dict[str, float]:
+    """Per foreground class of :func:`classes_of`, its Dice averaged over ``sites``
+    (default: every site of the record)."""
+    per_site = record.get("dice_per_class", {})
+    sites = list(per_site) if sites is None else sites
+    return {c: float(np.mean([per_site[s][c] for s in sites])) for c in classes_of(record)}
+
+
+def class_matrix(
+    runs: list[list[dict]],
+    sites: list[str],
+    classes: list[str],
+    pick: Callable[[list[dict]], dict] = final_round,
+) -> np.ndarray:
+    """[runs, classes] Dice (%) of each class averaged over ``sites``, at the round
+    ``pick`` chooses in each run's records."""
+    return np.array(
+        [[100 * class_dice(pick(records), sites)[c] for c in classes] for records in runs]
+    ).reshape(len(runs), len(classes))
+
+
+def dice_line(record: dict) -> str:
+    """An evaluated round in one line: mean Dice, per site, and per class where there are
+    several foreground classes (averaged over the sites)."""
+    sites = " ".join(f"{k}={v:.3f}" for k, v in record["dice"].items())
+    line = f"mean Dice {record['mean_dice']:.4f}  ({sites})"
+    classes = class_dice(record)
+    if classes:
+        line += "  classes " + " ".join(f"{c}={v:.3f}" for c, v in classes.items())
+    return line
+
+
 def _marks(values: list[float]) -> list[str]:
     """Bold the best, underline the second (paper style)."""
     order = np.argsort(values)[::-1]
@@ -74,7 +120,9 @@ def table1(
     round_column: bool = False,
 ) -> str:
     """Markdown in the layout of paper Table 1: per-site Dice (%), their AVG, and Δ of the
-    AVG vs ``baseline``, at the round ``pick`` chooses in each run.
+    AVG vs ``baseline``, at the round ``pick`` chooses in each run. Where the records hold
+    several foreground classes, a column ``class c`` per class after AVG: class c's Dice
+    averaged over the sites (each site's Dice is then its mean over the classes).
 
     Args:
         results: label → the round records of each of its runs (e.g. one per seed).
@@ -92,7 +140,10 @@ def table1(
     avg = {label: d.mean(1) for label, d in dice.items()}
     columns = [{label: d[:, j] for label, d in dice.items()} for j in range(len(sites))]
     columns.append(avg)
-    header = ["Method", *sites, "AVG"]
+    classes = classes_of(pick(next(iter(results.values()))[0]))
+    by_class = {label: class_matrix(runs, sites, classes, pick) for label, runs in results.items()}
+    columns += [{label: c[:, j] for label, c in by_class.items()} for j in range(len(classes))]
+    header = ["Method", *sites, "AVG", *[f"class {c}" for c in classes]]
     header += (["Δ"] if baseline is not None else []) + (["Round"] if round_column else [])
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     marks = [_marks([values.mean() for values in column.values()]) for column in columns]

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save
 
 from .config import RunConfig
-from .results import plot_dice, summary_tables
+from .results import CLASS_NOTE, classes_of, final_round, plot_dice, summary_tables
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -178,6 +178,8 @@ def write_run_summary(
         f"{config.rounds} rounds, seed {config.seed}. Foreground Dice (%) of the global model "
         f"on each site's test split{evaluated}."
     )
+    if classes_of(final_round(records)):
+        setting += f" {CLASS_NOTE}"
     tables = write_summary(folder / SUMMARY_FILE, title, setting, runs, label)
     atomic_write_bytes(folder / PLOT_FILE, plot_dice(records, title=title))
     return tables

@@ -36,6 +36,7 @@ from .client import evaluate_site, local_train, make_optimizer, model_weights, t
 from .config import RunConfig
 from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
+from .results import dice_line
 from .round import aggregate_round, evaluation_fields, is_evaluation_round
 from .run_folder import append_record, keep_records, save_model, write_config
 from .screening import ScreeningPolicy
@@ -280,8 +281,7 @@ class Simulation:
     def _round_line(record: dict) -> str:
         line = f"round {record['round']:3d}"
         if "mean_dice" in record:
-            sites = " ".join(f"{k}={v:.3f}" for k, v in record["dice"].items())
-            line += f"  mean Dice {record['mean_dice']:.4f}  ({sites})"
+            line += f"  {dice_line(record)}"
         for kind in ("faults", "rejected"):
             if record[kind]:
                 line += f"  {kind}: " + "; ".join(f"{c}: {r}" for c, r in record[kind].items())

@@ -58,9 +58,9 @@ def eval_batch_sizes(monkeypatch) -> list[int]:
     seen: list[int] = []
     original = client.evaluate_split
 
-    def recording(model, dataset, batch_size, device):
+    def recording(model, dataset, batch_size, device, num_classes):
         seen.append(batch_size)
-        return original(model, dataset, batch_size, device)
+        return original(model, dataset, batch_size, device, num_classes)
 
     monkeypatch.setattr(client, "evaluate_split", recording)
     return seen
