@@ -83,6 +83,7 @@ _COMMON = (
     "dice_loss_classes",
     "nuclei_intensity",
     "image_size",
+    "slice_neighbours",
     "n_train",
     "n_test",
     "init_features",
@@ -134,6 +135,12 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--image-size", type=_positive_int, help="default: the dataset's")
+    p.add_argument(
+        "--slice-neighbours",
+        type=int,
+        default=d.slice_neighbours,
+        help="folder volumes: slices either side of each sample, stacked as extra channels",
+    )
     p.add_argument("--n-train", type=_positive_int, default=d.n_train, help="synthetic only")
     p.add_argument("--n-test", type=_positive_int, default=d.n_test, help="synthetic only")
     p.add_argument("--init-features", type=_positive_int, default=d.init_features)
@@ -304,7 +311,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .client import evaluate_sites
     from .data import load_sites
-    from .results import table1
+    from .metrics import METRICS, class_key
+    from .results import classes_of, table1
+    from .round import evaluation_fields
     from .run_folder import CONFIG_FILE, model_from_file
 
     checkpoint = Path(args.checkpoint)
@@ -319,10 +328,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = model_from_file(checkpoint, config).to(config.device)
     sites = load_sites(config)
     results = evaluate_sites(model, sites, config)
-    dice = {site: m["dice"] for site, m in results.items()}
-    print(table1({config.method: [[{"dice": dice}]]}, list(dice), baseline=None, spread=False))
+    record = evaluation_fields(results)
+    print(table1({config.method: [[record]]}, list(results), baseline=None, spread=False))
     for site, m in results.items():
         print(f"{site}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f}  ASSD {m['assd']:.2f}")
+        for c in classes_of(record):
+            dice, hd95, assd = (m[class_key(metric, int(c))] for metric in METRICS)
+            print(f"  class {c}: Dice {dice:.4f}  HD95 {hd95:.2f}  ASSD {assd:.2f}")
     return 0
 
 
@@ -515,9 +527,14 @@ _UNSET = object()
 def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """The destinations that ``argv`` sets, not by default: argparse fills in a default
     only where the namespace has no value yet."""
-    namespace = argparse.Namespace(**{action.dest: _UNSET for action in parser._actions})
+    appending = (argparse._AppendAction, argparse._AppendConstAction, argparse._ExtendAction)
+    unset = {
+        action.dest: None if isinstance(action, appending) else _UNSET  # they append to it
+        for action in parser._actions
+    }
+    namespace = argparse.Namespace(**unset)
     parser.parse_args(argv, namespace)
-    return {dest for dest, value in vars(namespace).items() if value is not _UNSET}
+    return {dest for dest, value in vars(namespace).items() if value is not unset.get(dest, _UNSET)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,8 +145,10 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device):
 
 def evaluate_site(model: nn.Module, site: SiteData, config: RunConfig) -> dict[str, float]:
     """The metrics of ``model`` on ``site``'s test split as both engines score the global
-    model: :func:`evaluate_split` in batches of the run's ``eval_batch_size``."""
-    return evaluate_split(model, site.test, config.eval_batch_size, torch.device(config.device))
+    model: :func:`evaluate_split` in batches of the run's ``eval_batch_size``, over the
+    run's ``num_classes``."""
+    device = torch.device(config.device)
+    return evaluate_split(model, site.test, config.eval_batch_size, device, config.num_classes)
 
 
 def evaluate_sites(
@@ -157,13 +159,14 @@ def evaluate_sites(
 
 
 def evaluate_split(
-    model: nn.Module, dataset, batch_size: int, device: torch.device
+    model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int
 ) -> dict[str, float]:
-    """Dice, HD95 and ASSD (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model``
-    on one split, in order, ``batch_size`` images at a time.
+    """Dice, HD95 and ASSD per class and their means over the foreground classes
+    (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model`` on one split, in order,
+    ``batch_size`` images at a time.
 
     The batch size is part of the result: the UNet's BatchNorm keeps no running statistics
     (as released), so in ``eval()`` mode it normalises each batch with its own.
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    return segmentation_metrics(*predict(model, loader, device))
+    return segmentation_metrics(*predict(model, loader, device), num_classes)

@@ -32,9 +32,11 @@ from .algorithms import METHODS, algorithm_class, build_algorithm
 from .config import RunConfig
 from .results import (
     BEST_ROUND_CAPTION,
+    CLASS_NOTE,
     FINAL_ROUND_CAPTION,
     METRICS,
     best_round,
+    classes_of,
     dice_matrix,
     final_round,
     line_plot,
@@ -127,7 +129,7 @@ def check_finished(folder: Path, spec: str, seed: int, common: list[str]) -> Non
     from .cli import build_parser, config_from_args
 
     wanted = config_from_args(build_parser().parse_args(_train_args(spec, seed, common)))
-    found = read_config(folder)
+    found = read_config(folder).resolved()  # an older run's file may leave a field unset
     differ = sorted(k for k, v in vars(wanted).items() if getattr(found, k) != v)
     if differ:
         changes = ", ".join(f"{k} {getattr(found, k)!r} ≠ {getattr(wanted, k)!r}" for k in differ)
@@ -249,7 +251,8 @@ def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
     first = next(r for r in results[specs[0]][0] if "dice" in r)
     sites = list(first["dice"])
     setting = f"{dataset}, {rounds} rounds, seeds {', '.join(map(str, seeds))}"
-    dice_note = f"{setting}; Dice in %.\n\n"
+    class_note = f" {CLASS_NOTE}" if classes_of(first) else ""
+    dice_note = f"{setting}; Dice in %.{class_note}\n\n"
     tables = (
         f"{FINAL_ROUND_CAPTION}\n\n{table1(results, sites)}\n"
         f"{BEST_ROUND_CAPTION} Per seed, its own best round.\n\n"

@@ -55,6 +55,11 @@ class RunConfig:
     nuclei_intensity: str = "minmax"  # per-image min-max (released) or "dtype" (÷ 255, 65535)
     seed: int = 0
     image_size: int | None = None
+    slice_neighbours: int = 0  # folder volumes: slices either side of a sample, as channels
+    # The model's input channels and classes; None: the data source's (dataset.json for
+    # folder). A Flower ServerApp on folder data, which reads no data, needs them given.
+    in_channels: int | None = None
+    num_classes: int | None = None
     n_train: int = 24
     n_test: int = 12
     init_features: int = 16
@@ -80,13 +85,15 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """A copy with the data source's defaults (:class:`~fedbcs_fl.data.RunDefaults`)
-        filled in where a field is None; ``ValueError`` for an unknown dataset or a
+        and model shape (:meth:`~fedbcs_fl.data.DataSource.model_shape`) filled in where a
+        field is None; ``ValueError`` for an unknown dataset, a shape it cannot have or a
         setting out of its range (:func:`~fedbcs_fl.config_checks.check_config`)."""
         source = data_source(self.dataset)
         out = dataclasses.replace(self, method_options=dict(self.method_options))
         for name in ("optimizer", "lr", "momentum", "image_size"):
             if getattr(out, name) is None:
                 setattr(out, name, getattr(source.defaults, name))
+        out.in_channels, out.num_classes = source.model_shape(out)
         if out.data_version is None:
             out.data_version = source.version
         check_config(out)

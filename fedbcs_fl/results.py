@@ -85,6 +85,52 @@ def dice_matrix(
     return metric_matrix(runs, sites, pick, "dice")
 
 
+CLASS_NOTE = (
+    "Each site's Dice is the mean over its foreground classes; a column `class c` is class "
+    "c's Dice averaged over the sites."
+)
+
+
+def classes_of(record: dict) -> list[str]:
+    """The foreground class ids of an evaluated round record, in order, where it has
+    several; [] with one foreground class (or a record without per-class figures)."""
+    per_site = record.get("dice_per_class", {})
+    classes = sorted({c for figures in per_site.values() for c in figures}, key=int)
+    return classes if len(classes) > 1 else []
+
+
+def class_dice(record: dict, sites: list[str] | None = None) -> dict[str, float]:
+    """Per foreground class of :func:`classes_of`, its Dice averaged over ``sites``
+    (default: every site of the record)."""
+    per_site = record.get("dice_per_class", {})
+    sites = list(per_site) if sites is None else sites
+    return {c: float(np.mean([per_site[s][c] for s in sites])) for c in classes_of(record)}
+
+
+def class_matrix(
+    runs: list[list[dict]],
+    sites: list[str],
+    classes: list[str],
+    pick: Callable[[list[dict]], dict] = final_round,
+) -> np.ndarray:
+    """[runs, classes] Dice (%) of each class averaged over ``sites``, at the round
+    ``pick`` chooses in each run's records."""
+    return np.array(
+        [[100 * class_dice(pick(records), sites)[c] for c in classes] for records in runs]
+    ).reshape(len(runs), len(classes))
+
+
+def dice_line(record: dict) -> str:
+    """An evaluated round in one line: mean Dice, per site, and per class where there are
+    several foreground classes (averaged over the sites)."""
+    sites = " ".join(f"{k}={v:.3f}" for k, v in record["dice"].items())
+    line = f"mean Dice {record['mean_dice']:.4f}  ({sites})"
+    classes = class_dice(record)
+    if classes:
+        line += "  classes " + " ".join(f"{c}={v:.3f}" for c, v in classes.items())
+    return line
+
+
 def _marks(values: list[float], higher_is_better: bool = True) -> list[str]:
     """Bold the best, underline the second (paper style); NaN is never marked."""
     keyed = np.array([v if higher_is_better else -v for v in values], dtype=float)
@@ -116,7 +162,9 @@ def table1(
 ) -> str:
     """Markdown in the layout of paper Table 1: per-site Dice (%), their AVG, and Δ of the
     AVG vs ``baseline``, at the round ``pick`` chooses in each run; or the same for another
-    metric of :data:`METRICS`.
+    metric of :data:`METRICS`. For Dice, where the records hold several foreground classes,
+    a column ``class c`` per class after AVG: class c's Dice averaged over the sites (each
+    site's Dice is then its mean over the classes).
 
     Args:
         results: label → the round records of each of its runs (e.g. one per seed).
@@ -133,15 +181,18 @@ def table1(
             direction, and NaN (an empty prediction's surface distance) is skipped.
     """
     higher = METRICS[metric].higher_is_better
+    classes = classes_of(pick(next(iter(results.values()))[0])) if metric == "dice" else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a column or run of NaN only
         values = {lb: metric_matrix(runs, sites, pick, metric) for lb, runs in results.items()}
         avg = {label: np.nanmean(v, axis=1) for label, v in values.items()}
         columns = [{label: v[:, j] for label, v in values.items()} for j in range(len(sites))]
         columns.append(avg)
+        by_class = {lb: class_matrix(runs, sites, classes, pick) for lb, runs in results.items()}
+        columns += [{label: c[:, j] for label, c in by_class.items()} for j in range(len(classes))]
         means = [[np.nanmean(v) for v in column.values()] for column in columns]
         avg_mean = {label: np.nanmean(v) for label, v in avg.items()}
-    header = ["Method", *sites, "AVG"]
+    header = ["Method", *sites, "AVG", *[f"class {c}" for c in classes]]
     header += (["Δ"] if baseline is not None else []) + (["Round"] if round_column else [])
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     marks = [_marks(column_means, higher) for column_means in means]

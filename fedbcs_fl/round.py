@@ -16,7 +16,10 @@ A round record, one line of ``metrics.jsonl``, has
 - ``bytes_down``: the global weights and payload each client was sent;
 - with prototype DP on, ``proto_dp_epsilon``: per client whose reply passed screening,
   the ε it has spent so far (:mod:`fedbcs_fl.privacy`);
-- on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site and their ``mean_*``;
+- on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site (the mean over the
+  foreground classes) and their ``mean_*`` over sites, and ``dice_per_class``,
+  ``hd95_per_class`` and ``assd_per_class``: per site, ``{class id: figure}`` for every
+  foreground class;
 - ``seconds``.
 """
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from .algorithms.base import Algorithm, ClientUpdate
+from .metrics import METRICS, per_class
 from .privacy import EPSILON_KEY
 from .screening import ScreeningPolicy, screen_updates
 
@@ -114,9 +118,13 @@ def is_evaluation_round(config, round_index: int) -> bool:
 
 def evaluation_fields(evaluation: dict[str, dict[str, float]]) -> dict:
     """The evaluation keys of a round record: per-site and mean (NaN-skipping) Dice, HD95
-    and ASSD, from ``{site: segmentation_metrics(...)}``."""
+    and ASSD, and per site each foreground class's, from
+    ``{site: segmentation_metrics(...)}``."""
     fields = {}
-    for metric in ("dice", "hd95", "assd"):
+    for metric in METRICS:
         fields[metric] = {site: m[metric] for site, m in evaluation.items()}
         fields[f"mean_{metric}"] = float(np.nanmean(list(fields[metric].values())))
+        fields[f"{metric}_per_class"] = {
+            site: per_class(m, metric) for site, m in evaluation.items()
+        }
     return fields

@@ -49,7 +49,7 @@ from torch import nn
 from .config import RunConfig
 from .data.sources import data_source
 from .privacy import privacy_statement
-from .results import communication, plot_dice, summary_tables
+from .results import CLASS_NOTE, classes_of, communication, final_round, plot_dice, summary_tables
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -450,6 +450,8 @@ def write_run_summary(
         f"{_key_settings(config)}. Wall time {_duration(records)}. Foreground metrics of "
         f"the global model on each site's test split{evaluated}.\n\n{communication(records)}"
     )
+    if classes_of(final_round(records)):
+        setting += f" {CLASS_NOTE}"
     privacy = privacy_statement(config, records)
     if privacy:
         setting += f"\n\n{privacy}"

@@ -44,6 +44,7 @@ from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
 from .payload import prototype_sets
 from .privacy import prototype_privacy
+from .results import dice_line
 from .round import aggregate_round, evaluation_fields, is_evaluation_round
 from .run_folder import (
     RESUME_MAY_CHANGE,
@@ -396,8 +397,7 @@ class Simulation:
     def _round_line(record: dict) -> str:
         line = f"round {record['round']:3d}"
         if "mean_dice" in record:
-            sites = " ".join(f"{k}={v:.3f}" for k, v in record["dice"].items())
-            line += f"  mean Dice {record['mean_dice']:.4f}  ({sites})"
+            line += f"  {dice_line(record)}"
         for kind in ("faults", "rejected"):
             if record[kind]:
                 line += f"  {kind}: " + "; ".join(f"{c}: {r}" for c, r in record[kind].items())

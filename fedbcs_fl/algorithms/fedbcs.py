@@ -17,7 +17,7 @@ Client loss (paper eq. 15–17, released weighting of the segmentation loss):
   materialised 768-channel map. In round 1 there are no global prototypes: L_MP = 0.
 
 Payload up: per stream, the exact class means of the embedding over the last local
-epoch, for the classes present (2 classes × 2 streams = 4 prototypes).
+epoch, for the classes present (up to K per stream: 4 prototypes on a binary set).
 Server: size-weighted FedAvg of the weights; per stream and class, FINCH (cosine, last
 partition) over the client prototypes, the cluster means, and their mean (eq. 13–14).
 """

@@ -39,7 +39,7 @@ from typing import Any
 import tomli_w
 
 from ..config import RunConfig
-from ..data import SYNTHETIC_SITES
+from ..data import data_source
 from ..run_folder import (
     atomic_write_text,
     hold_run_folder,
@@ -299,7 +299,7 @@ def run_local(
 ) -> dict[str, Any]:
     """Run ``config`` on a local deployment of ``clients`` SuperNodes; results in ``out``.
 
-    Synthetic sets without ``sites`` train on their first ``clients`` sites. Returns the
+    A run without ``sites`` trains on the first ``clients`` sites of its data. Returns the
     report also written to ``out/flower-local.json``: ``ok``, ``run_id``, ``status`` (the
     SuperLink's final status, or ``stopped by SIGTERM``, ``stopped by Ctrl-C`` or
     ``failed: <error>``), ``rounds_completed`` and ``pids`` (every process the deployment
@@ -320,11 +320,10 @@ def run_local(
 def _run_local(
     config: RunConfig, clients: int, out: Path, fail_partition: int, timeout: float
 ) -> dict[str, Any]:
-    names = config.sites or SYNTHETIC_SITES.get(config.dataset)
-    if names is not None:
-        if len(names) < clients:
-            raise ValueError(f"{clients} clients but only {len(names)} sites: {names}")
-        config = dataclasses.replace(config, sites=list(names[:clients]))
+    names = config.sites or data_source(config.dataset).site_names(config.data_root)
+    if len(names) < clients:
+        raise ValueError(f"{clients} clients but only {len(names)} sites: {names}")
+    config = dataclasses.replace(config, sites=list(names[:clients]))
     run_config = to_run_config(
         config, out_dir=str(out), min_nodes=clients, fail_partition=fail_partition
     )

@@ -23,6 +23,7 @@ from flwr.supercore import log
 from ..algorithms import build_algorithm
 from ..client import model_weights
 from ..config import RunConfig
+from ..results import dice_line
 from ..run_folder import (
     append_record,
     console_log,
@@ -93,7 +94,7 @@ def _run_rounds(
         records.append(record)
         append_record(out, record)
         if "mean_dice" in record:
-            log(INFO, "round %d: mean Dice %.4f", record["round"], record["mean_dice"])
+            log(INFO, "round %d: %s", record["round"], dice_line(record))
 
     strategy = AlgorithmStrategy(
         algorithm,

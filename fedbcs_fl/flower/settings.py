@@ -7,6 +7,11 @@ The run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden by
 ``extra-config`` (any other RunConfig field) are JSON objects. Data
 location is per node: each SuperNode's node config names its ``partition-id`` and, where
 needed, ``dataset``, ``data-root``, ``split-file`` and ``site``.
+
+The ServerApp reads no data, so for ``folder`` data (whose classes and channels come from
+each site's ``dataset.json``) the run config gives ``in-channels`` and ``num-classes``;
+``fedbcs flower-local`` fills them in from the data, and every node checks its
+``dataset.json`` against them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import RunConfig
-from ..data import SYNTHETIC_SITES, load_sites
+from ..data import data_source, load_sites
 from ..data.base import SiteData
 
 # RunConfig fields with a key of their own in ``[tool.flwr.app.config]`` (kebab-case).
@@ -38,6 +43,9 @@ FLAT_FIELDS = (
     "nuclei_intensity",
     "seed",
     "image_size",
+    "slice_neighbours",
+    "in_channels",
+    "num_classes",
     "n_train",
     "n_test",
     "init_features",
@@ -46,7 +54,7 @@ FLAT_FIELDS = (
 )
 # Flat fields whose None is written 0 (0 is never a valid value of theirs); other None
 # fields are written "".
-ZERO_MEANS_NONE = ("clients_per_round", "image_size", "lr")
+ZERO_MEANS_NONE = ("clients_per_round", "image_size", "lr", "in_channels", "num_classes")
 # RunConfig fields that are not run-wide: the node config says where its data is.
 NODE_FIELDS = ("data_root", "split_file")
 # Flower-side settings of a run, beside the RunConfig fields (defaults in pyproject.toml).
@@ -146,20 +154,15 @@ def node_site(config: RunConfig, node_config: Mapping[str, Any]) -> tuple[SiteDa
     """This node's site and partition id.
 
     The node config's ``site`` names the site; without it, ``partition-id`` indexes the
-    run's ``sites`` (default: all sites of the data set, in canonical order).
+    run's ``sites`` (default: all sites of the data set, in canonical order; for
+    ``folder``, the folders of the node's ``data-root``, sorted by name).
     """
     partition_id = int(node_config.get("partition-id", 0))
-    names = config.sites or SYNTHETIC_SITES.get(config.dataset)
     if node_config.get("site"):
-        names = [str(node_config["site"])]
-        index = 0
+        names, index = [str(node_config["site"])], 0
     else:
+        names = config.sites or data_source(config.dataset).site_names(config.data_root)
         index = partition_id
-    if names is not None:
-        if not 0 <= index < len(names):
-            raise ValueError(f"partition-id {partition_id} is out of range: sites are {names}")
-        return load_sites(dataclasses.replace(config, sites=[names[index]]))[0], partition_id
-    sites = load_sites(config)
-    if not 0 <= index < len(sites):
-        raise ValueError(f"partition-id {partition_id} is out of range: {len(sites)} sites")
-    return sites[index], partition_id
+    if not 0 <= index < len(names):
+        raise ValueError(f"partition-id {partition_id} is out of range: sites are {names}")
+    return load_sites(dataclasses.replace(config, sites=[names[index]]))[0], partition_id

@@ -1,9 +1,12 @@
-"""Which round a table reports: the final one by default, the best one beside it."""
+"""Which round a table reports (the final one by default, the best one beside it), and a
+column per class where a run segments several foreground classes."""
 
 import pytest
 
+from fedbcs_fl.config import RunConfig
 from fedbcs_fl.results import (
     BEST_ROUND_CAPTION,
+    CLASS_NOTE,
     FINAL_ROUND_CAPTION,
     best_round,
     final_round,
@@ -11,7 +14,7 @@ from fedbcs_fl.results import (
     table1,
     verdict,
 )
-from fedbcs_fl.run_folder import write_summary
+from fedbcs_fl.run_folder import write_run_summary, write_summary
 
 
 def _record(round_index, dice=None):
@@ -134,3 +137,29 @@ def test_the_dice_plot_draws_the_baselines_mean_beside_the_runs(monkeypatch):
     assert labels == ["A", "B", "mean", "fedavg (baseline) mean"]
     assert drawn["c"][-1][1] == [1, 2] and drawn["c"][-1][2] == pytest.approx([30.0, 40.0])
     assert drawn["c"][0][3]["alpha"] < 0.5  # sites in light lines
+
+
+def _three_class_record(round_index, per_site):
+    """An evaluated record of two sites and two foreground classes: ``per_site`` gives each
+    site's (class 1, class 2) Dice; each site's Dice is their mean, as the metrics give."""
+    by_site = {s: {"1": d1, "2": d2} for s, (d1, d2) in zip("AB", per_site, strict=True)}
+    dice = {s: (d1 + d2) / 2 for s, (d1, d2) in zip("AB", per_site, strict=True)}
+    mean = sum(dice.values()) / len(dice)
+    return {"round": round_index, "dice": dice, "mean_dice": mean, "dice_per_class": by_site}
+
+
+def test_tables_add_a_column_per_class_where_there_are_several(tmp_path):
+    run = [_three_class_record(1, ((0.8, 0.4), (0.6, 0.2)))]
+    table = table1({"fedbcs": [run]}, ["A", "B"], baseline=None, spread=False)
+    # class 1 averages 0.8 and 0.6 over the sites, class 2 0.4 and 0.2.
+    assert "| Method | A | B | AVG | class 1 | class 2 |" in table
+    assert "| fedbcs | 60.00 | 40.00 | 50.00 | 70.00 | 30.00 |" in table
+    binary = table1({"fedbcs": [RUN]}, ["A", "B"], baseline=None, spread=False)
+    assert "class" not in binary
+    config = RunConfig(dataset="synthetic-prostate-zones", rounds=1).resolved()
+    write_run_summary(tmp_path, config, run)
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        CLASS_NOTE in summary
+        and "| fedbcs | 60.00 | 40.00 | 50.00 | 70.00 | 30.00 | 1 |" in summary
+    )

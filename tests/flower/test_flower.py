@@ -8,6 +8,7 @@ raises (fault reporting).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -134,12 +135,13 @@ def _flower_task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
-def _client_context(config, partition: int) -> Context:
-    """The Context a SuperNode gives the ClientApp of ``partition`` in run 1."""
+def _client_context(config, partition: int, **node) -> Context:
+    """The Context a SuperNode gives the ClientApp of ``partition`` in run 1; ``node``
+    adds to its node config (e.g. ``{"data-root": ...}``)."""
     return Context(
         run_id=1,
         node_id=1,
-        node_config={"partition-id": partition},
+        node_config={"partition-id": partition, **node},
         state=RecordDict(),
         run_config=to_run_config(config),
     )
@@ -186,10 +188,9 @@ def test_the_server_app_sends_the_model_its_source_declares(
     assert sent.value.args[0] == (1, 3)
 
 
-def test_the_client_app_trains_the_model_its_source_declares(three_class_source, monkeypatch):
-    _flower_task_identity(monkeypatch)
-    config = tiny_config("fedavg", dataset=three_class_source.name)
-    model = UNet(in_channels=1, classes=3, init_features=config.init_features)
+def _train_instruction(in_channels: int, classes: int, init_features: int) -> Message:
+    """A round-1 train instruction carrying a fresh UNet of that shape."""
+    model = UNet(in_channels=in_channels, classes=classes, init_features=init_features)
     content = RecordDict(
         {
             WEIGHTS_KEY: ArrayRecord(torch_state_dict=model.state_dict()),
@@ -197,12 +198,50 @@ def test_the_client_app_trains_the_model_its_source_declares(three_class_source,
             CONFIG_KEY: ConfigRecord({"server-round": 1}),  # as the strategy sends it
         }
     )
-    message = Message(content, dst_node_id=1, message_type="train")
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def test_the_client_app_trains_the_model_its_source_declares(three_class_source, monkeypatch):
+    _flower_task_identity(monkeypatch)
+    config = tiny_config("fedavg", dataset=three_class_source.name)
+    message = _train_instruction(1, 3, config.init_features)
     context = _client_context(config, 1)
     reply = client_app.train(message, context)  # loads the weights into the model it built
     weights = reply.content.array_records[WEIGHTS_KEY].to_torch_state_dict()
     assert first_conv_and_head(weights) == (1, 3)
     assert reply.content.config_records[SITE_KEY]["name"] == "south"
+
+
+def test_folder_data_on_supernodes_and_a_server_without_data(monkeypatch, tmp_path):
+    """Each hospital's node names its folder and site; the ServerApp, which reads no data,
+    builds the model from the run config's in-channels and num-classes."""
+    from tests.data.conftest import write_folder_site
+
+    _flower_task_identity(monkeypatch)
+    root = tmp_path / "data"
+    for site in ("north", "south"):
+        write_folder_site(root, site, cases=4, classes=3)
+    config = tiny_config("fedavg", dataset="folder", data_root=str(root))
+    run_config = to_run_config(config, out_dir=str(tmp_path / "run"))
+    assert (run_config["in-channels"], run_config["num-classes"]) == (1, 3)
+    server = from_run_config(run_config)
+    assert server.data_root is None and first_conv_and_head(
+        build_algorithm(server).build_model().state_dict()
+    ) == (1, 3)
+    without = {**run_config, "in-channels": 0, "num-classes": 0}
+    with pytest.raises(ValueError, match="takes the run config's in-channels and num-classes"):
+        from_run_config(without)
+    message = _train_instruction(1, 3, config.init_features)
+    node = {"data-root": str(root), "site": "south"}
+    reply = client_app.train(message, _client_context(config, 0, **node))
+    assert reply.content.config_records[SITE_KEY]["name"] == "south"
+    weights = reply.content.array_records[WEIGHTS_KEY].to_torch_state_dict()
+    assert first_conv_and_head(weights) == (1, 3)
+    wrong = to_run_config(dataclasses.replace(config, num_classes=4))
+    context = _client_context(config, 0, **node)
+    context.run_config = wrong
+    with pytest.raises(ValueError, match="has in_channels 1 and num_classes 3"):
+        client_app.train(message, context)
 
 
 def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatch):
