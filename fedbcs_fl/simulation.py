@@ -216,7 +216,8 @@ class Simulation:
             privacy=prototype_privacy(
                 self.config,
                 len(prototype_sets(self.algorithm.uploads)),
-                self.clients.index(client),
+                # by name: a round under a client timeout trains a fork of the client
+                [c.name for c in self.clients].index(client.name),
                 len(client.loader.dataset),
                 round_index,
             ),
