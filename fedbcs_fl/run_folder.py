@@ -24,8 +24,8 @@ that grows: each record is appended as one whole line and fsynced, so a kill lea
 most a torn last line, which :func:`read_records` drops; any other line that is not a
 round record is an error naming it.
 
-``--resume`` continues a run with the configuration it was started with; the one setting it
-may change is in :data:`RESUME_MAY_CHANGE` (:func:`resume_conflicts`).
+``--resume`` continues a run with the configuration it was started with; the settings it
+may change are :data:`RESUME_MAY_CHANGE` (:func:`resume_conflicts`).
 """
 
 from __future__ import annotations
