@@ -132,7 +132,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(
         "No space left on device",
     )
     assert f"cannot write {run / 'checkpoint.pt'}" in line and f"--resume {run}" in line
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "metrics.jsonl"]
+    written = [".lock", "config.json", "metrics.jsonl", "tensorboard", "train.log"]
+    assert sorted(p.name for p in run.iterdir()) == written  # no partial checkpoint
 
 
 def _canned_round(simulation, round_index):
