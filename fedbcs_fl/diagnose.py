@@ -61,7 +61,7 @@ from fedbcs_ops import class_sums, prototypes_from_sums, spectral_mean_amplitude
 from .calibrate import variance_ratio
 from .data import data_source, load_sites
 from .results import Panel, line_panels
-from .run_folder import atomic_write_bytes, atomic_write_text, load_model
+from .run_folder import load_model, write_report
 
 STATISTICS = ("mean", "std", "spectrum")
 SEPARABILITY_FEATURES = ("all", *STATISTICS)
@@ -516,11 +516,9 @@ def plot_diagnosis(diagnosis: Diagnosis) -> bytes:
 
 def write_reports(diagnosis: Diagnosis, out: str | Path) -> None:
     """``diagnose.json``, ``diagnose.md`` and ``diagnose.png`` in ``out`` (created)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "diagnose.json", diagnosis.to_json())
-    atomic_write_text(out / "diagnose.md", diagnosis.markdown())
-    atomic_write_bytes(out / "diagnose.png", plot_diagnosis(diagnosis))
+    write_report(
+        out, "diagnose", diagnosis.to_json(), diagnosis.markdown(), plot_diagnosis(diagnosis)
+    )
 
 
 def _split_of(sites, split: str) -> dict[str, Dataset]:

@@ -146,6 +146,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_report(out: str | Path, stem: str, json_text: str, markdown: str, png: bytes) -> None:
+    """A report's ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out`` (created),
+    each written atomically: what ``calibrate-data`` and ``diagnose`` leave."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stem}.json", json_text)
+    atomic_write_text(out / f"{stem}.md", markdown)
+    atomic_write_bytes(out / f"{stem}.png", png)
+
+
 def default_run_dir(config: RunConfig, flower: bool = False) -> Path:
     """``runs/<method>-<dataset>-seed<n>``, or ``runs/flower-...`` for a Flower run."""
     prefix = "flower-" if flower else ""
