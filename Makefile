@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[fl,test]'
 	touch $(STAMP)
 
 # The default experiment: FedAvg, then FedBCS with Δ against it, on synthetic-nuclei.

@@ -50,7 +50,7 @@ from .config import RunConfig
 from .data import load_sites
 from .data.base import SiteData
 from .results import png_bytes, table1
-from .run_folder import atomic_write_bytes, atomic_write_text
+from .run_folder import write_report
 from .simulation import Simulation
 
 SCHEDULE = (
@@ -447,11 +447,13 @@ def plot_calibration(calibration: Calibration) -> bytes:
 
 def write_reports(calibration: Calibration, out: str | Path) -> None:
     """``calibration.json``, ``calibration.md`` and ``calibration.png`` in ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "calibration.json", calibration.to_json())
-    atomic_write_text(out / "calibration.md", calibration.markdown())
-    atomic_write_bytes(out / "calibration.png", plot_calibration(calibration))
+    write_report(
+        out,
+        "calibration",
+        calibration.to_json(),
+        calibration.markdown(),
+        plot_calibration(calibration),
+    )
 
 
 def calibrate(

@@ -1,5 +1,5 @@
 """The ``fedbcs`` command: train, eval, show-data, compare, check-data, calibrate-data,
-flower-local.
+diagnose, flower-local.
 
 Bad arguments print one line naming the valid choices and exit with status 2.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from .algorithms import all_algorithms
 from .config import RUN_SETTINGS, RunConfig
 from .data import data_source, file_sources
-from .schema import Option, flag
+from .schema import AT_LEAST_ONE, Option, flag
 
 EXIT_USAGE = 2
 # The run settings ``fedbcs eval`` may change in the run's config.
@@ -29,10 +29,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """A positive integer, also in scientific notation ("1e4"), as a setting's is
+    (:meth:`~fedbcs_fl.schema.Option.parse`)."""
+    try:
+        value = _COUNT.parse(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+_COUNT = Option(1, "a count", interval=AT_LEAST_ONE)
 
 
 def _argument_type(option: Option, check: bool = True):
@@ -163,50 +171,114 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return dataclasses.replace(base, **given, method_options=options).resolved()
 
 
+# Options of ``train`` that are no run setting: they may go with ``--resume``.
+_NOT_RUN_SETTINGS = ("resume", "baseline", "quiet", "workers")
+
+
+def _flags(names) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
+def _resumed_config(args: argparse.Namespace, out: Path) -> RunConfig:
+    """The configuration ``--resume`` continues ``out`` with: its config.json, with the run
+    options given beside ``--resume``, which must agree with it but for the settings
+    resuming may change (``RESUME_MAY_CHANGE``: ``--rounds``, ``--data-root``)."""
+    from .run_folder import RESUME_MAY_CHANGE, read_config, resume_conflicts
+
+    saved = read_config(out).resolved()
+    given = args.given - set(_NOT_RUN_SETTINGS)
+    if "out" in given and Path(args.out).resolve() != out.resolve():
+        raise ValueError(f"--resume {out} continues that folder: leave out --out {args.out}")
+    fields = {f.name for f in dataclasses.fields(RunConfig)} & given
+    options = {name: getattr(args, name) for name in _method_options() if name in given}
+    requested = dataclasses.replace(
+        saved,
+        **{name: getattr(args, name) for name in fields},
+        method_options={**saved.method_options, **options},
+    ).resolved()
+    changed = resume_conflicts(saved, requested)
+    if changed:
+        raise ValueError(
+            f"--resume continues {out} with its {out / 'config.json'}; {_flags(changed)} "
+            f"differ from it, and resuming may change only {_flags(RESUME_MAY_CHANGE)}"
+        )
+    return dataclasses.replace(saved, **{f: getattr(requested, f) for f in RESUME_MAY_CHANGE})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import load_sites
     from .data.splits import write_split
-    from .run_folder import default_run_dir, holds_run, read_config, write_run_summary
-    from .simulation import Simulation
+    from .run_folder import (
+        CONFIG_FILE,
+        SPLIT_FILE,
+        console_log,
+        default_run_dir,
+        hold_run_folder,
+        holds_run,
+        read_baseline,
+        read_records,
+        split_file,
+        write_run_summary,
+    )
+    from .simulation import Simulation, load_resume_checkpoint
 
     if args.resume:
         if args.config:
             raise ValueError("--resume continues a run with its own config.json: drop --config")
         out = Path(args.resume)
-        config = read_config(out)
+        if not (out / CONFIG_FILE).is_file():
+            raise ValueError(f"--resume {out}: no run to resume there (no {CONFIG_FILE})")
     else:
         config = config_from_args(args)
         out = Path(args.out) if args.out else default_run_dir(config)
-        if holds_run(out):
+    # Everything that can be refused is, before the data are read: the folder (a file, not
+    # writable, in use), the resumed settings and checkpoint, and the baseline.
+    with hold_run_folder(out), console_log(out):
+        if args.resume:
+            config = _resumed_config(args, out)
+            checkpoint = load_resume_checkpoint(out, config)
+            if holds_run(out):
+                read_records(out)  # a line that is not a round record is named here
+        elif holds_run(out):
             raise ValueError(
                 f"{out} already holds a run; continue it with --resume {out}, "
                 "or choose another --out"
             )
-    sites = load_sites(config, workers=args.workers)
-    simulation = Simulation(config, sites, out, progress=not args.quiet)
-    if args.resume:
-        simulation.resume()
-        print(f"resuming {out} after round {simulation.completed_rounds}")
-    if data_source(config.dataset).reads_files and not (out / "split.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        write_split(sites, out / "split.json")
-    records = simulation.run()
-    print(write_run_summary(out, config, records, args.baseline))
-    faults = simulation.fault_summary()
-    if faults:
-        print("faults and rejected updates:\n" + faults)
-    print(f"results in {out}/")
+        if args.baseline:
+            read_baseline(args.baseline, config)
+        own_split = split_file(out) if args.resume else None
+        data_config = config
+        if own_split is not None:  # the run's split, whatever was added to the data since
+            data_config = dataclasses.replace(config, split_file=str(own_split))
+        sites = load_sites(data_config, workers=args.workers)
+        simulation = Simulation(config, sites, out, progress=not args.quiet)
+        if args.resume:
+            simulation.resume(checkpoint)
+            print(f"resuming {out} after round {simulation.completed_rounds}")
+        if data_source(config.dataset).reads_files and own_split is None:
+            write_split(sites, out / SPLIT_FILE)
+        try:
+            records = simulation.run()
+        except OSError as error:
+            raise RuntimeError(
+                f"{error}; what the run wrote before is intact: fix the cause (e.g. free "
+                f"space), then continue with fedbcs train --resume {out}"
+            ) from None
+        print(write_run_summary(out, config, records, args.baseline))
+        faults = simulation.fault_summary()
+        if faults:
+            print("faults and rejected updates:\n" + faults)
+        print(f"results in {out}/")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-    from safetensors.torch import load_file
-
+    from .client import evaluate_sites
     from .data import load_sites
-    from .results import table1
-    from .run_folder import CONFIG_FILE
-    from .simulation import Simulation
+    from .metrics import METRICS, class_key
+    from .results import classes_of, table1
+    from .round import evaluation_fields
+    from .run_folder import CONFIG_FILE, model_from_file
 
     checkpoint = Path(args.checkpoint)
     config_path = Path(args.config) if args.config else checkpoint.parent / CONFIG_FILE
@@ -214,22 +286,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "dataset" in given:  # the run's data root holds the run's data set
         given.setdefault("data_root", None)
     config = dataclasses.replace(RunConfig.load(config_path), **given).resolved()
+    # A foreign, truncated or non-finite model is refused before the data are read.
+    model = model_from_file(checkpoint, config).to(config.device)
     sites = load_sites(config)
-    simulation = Simulation(config, sites, out_dir=None, progress=False)
-    weights = load_file(str(checkpoint))
-    model = simulation.algorithm.build_model()
-    missing = sorted(set(model.state_dict()) ^ set(weights))
-    if missing:
-        raise ValueError(
-            f"{checkpoint} does not fit a {config.method} model: keys differ ({missing[:3]}...)"
-        )
-    model.load_state_dict(weights)
-    with torch.no_grad():
-        results = simulation.evaluate(model.to(simulation.device))
-    dice = {site: m["dice"] for site, m in results.items()}
-    print(table1({config.method: [[{"dice": dice}]]}, list(dice), baseline=None, spread=False))
+    results = evaluate_sites(model, sites, config)
+    record = evaluation_fields(results)
+    print(table1({config.method: [[record]]}, list(results), baseline=None, spread=False))
     for site, m in results.items():
         print(f"{site}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f}  ASSD {m['assd']:.2f}")
+        for c in classes_of(record):
+            dice, hd95, assd = (m[class_key(metric, int(c))] for metric in METRICS)
+            print(f"  class {c}: Dice {dice:.4f}  HD95 {hd95:.2f}  ASSD {assd:.2f}")
     return 0
 
 
@@ -278,6 +345,19 @@ def cmd_calibrate_data(args: argparse.Namespace) -> int:
     )
     print(calibration.markdown())
     print(f"calibration.md, calibration.json and calibration.png in {out}/")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import REPORT_FILES, diagnose, write_reports
+
+    diagnosis = diagnose(
+        args.run, args.split, args.folds, args.seed, args.device, progress=not args.quiet
+    )
+    out = Path(args.out)
+    write_reports(diagnosis, out)
+    print(diagnosis.markdown())
+    print(f"{', '.join(REPORT_FILES)} in {out}/")
     return 0
 
 
@@ -356,6 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--workers", type=int, default=0, help="processes decoding real data")
     calibrate.set_defaults(func=cmd_calibrate_data)
 
+    diagnose = commands.add_parser(
+        "diagnose", help="per layer, how much site style the features of trained runs still hold"
+    )
+    diagnose.add_argument(
+        "--run", action="append", required=True, metavar="DIR", help="a finished run (repeat)"
+    )
+    diagnose.add_argument("--split", choices=["train", "val", "test"], default="test")
+    diagnose.add_argument("--out", default="runs/diagnose", help="report folder")
+    diagnose.add_argument("--seed", type=int, default=0, help="shuffles the folds")
+    diagnose.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    diagnose.add_argument("--device", help="default: each run's")
+    diagnose.add_argument("--quiet", action="store_true", help="no progress bar")
+    diagnose.set_defaults(func=cmd_diagnose)
+
     flower = commands.add_parser(
         "flower-local", help="a real Flower deployment on loopback (SuperLink + SuperNodes)"
     )
@@ -367,15 +461,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-partition", type=int, default=-1, help="fault injection: this node's train raises"
     )
     flower.set_defaults(func=cmd_flower_local)
+    for command in commands.choices.values():  # to tell given options from defaults
+        command.set_defaults(command_parser=command)
     return parser
+
+
+_UNSET = object()
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations that ``argv`` sets, not by default: argparse fills in a default
+    only where the namespace has no value yet."""
+    appending = (argparse._AppendAction, argparse._AppendConstAction, argparse._ExtendAction)
+    unset = {
+        action.dest: None if isinstance(action, appending) else _UNSET  # they append to it
+        for action in parser._actions
+    }
+    namespace = argparse.Namespace(**unset)
+    parser.parse_args(argv, namespace)
+    return {dest for dest, value in vars(namespace).items() if value is not unset.get(dest, _UNSET)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.given = _given_options(args.command_parser, argv[1:])
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"fedbcs {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from .checkpoint import unloadable_entry
 from .config import RunConfig
 from .data.base import SiteData
 from .metrics import segmentation_metrics
+from .privacy import DELTA_KEY, EPSILON_KEY, PrototypePrivacy
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -73,6 +74,7 @@ def local_train(
     device: torch.device,
     progress: str | None = None,
     on_step: Callable[[int], None] | None = None,
+    privacy: PrototypePrivacy | None = None,
 ) -> ClientUpdate:
     """Train ``model`` (already holding the global weights) for ``epochs`` local epochs.
 
@@ -80,6 +82,8 @@ def local_train(
     while the weights are replaced by the global ones. ``state`` is the client's
     persistent dict for algorithm state (e.g. MOON's previous weights), checkpointed
     between rounds. ``on_step`` is called with the step count after every optimiser step.
+    ``privacy`` is the site's prototype mechanism this round (None: off); with it the
+    metrics hold ``proto_dp_epsilon``, the ε the site has spent so far.
 
     However the round ends, even by an exception, its scratch objects are dropped and
     ``state`` is checked to hold only what a checkpoint can.
@@ -94,6 +98,7 @@ def local_train(
         state=state,
         device=device,
         steps_scheduled=epochs * len(loader),
+        privacy=privacy,
     )
     steps, total_loss, examples = 0, 0.0, 0
     bar = tqdm(total=epochs * len(loader), desc=progress, leave=False, disable=progress is None)
@@ -121,6 +126,9 @@ def local_train(
         check_state(algorithm, state)
     metrics = {"loss": total_loss / max(steps, 1), "steps": float(steps)}
     metrics |= {k: v / max(steps, 1) for k, v in ctx.logs.items()}
+    if privacy is not None:
+        metrics[EPSILON_KEY] = privacy.epsilon(state)
+        metrics[DELTA_KEY] = privacy.delta
     return ClientUpdate(model_weights(model), examples, payload, metrics)
 
 
@@ -137,18 +145,28 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device):
 
 def evaluate_site(model: nn.Module, site: SiteData, config: RunConfig) -> dict[str, float]:
     """The metrics of ``model`` on ``site``'s test split as both engines score the global
-    model: :func:`evaluate_split` in batches of the run's ``eval_batch_size``."""
-    return evaluate_split(model, site.test, config.eval_batch_size, torch.device(config.device))
+    model: :func:`evaluate_split` in batches of the run's ``eval_batch_size``, over the
+    run's ``num_classes``."""
+    device = torch.device(config.device)
+    return evaluate_split(model, site.test, config.eval_batch_size, device, config.num_classes)
+
+
+def evaluate_sites(
+    model: nn.Module, sites: list[SiteData], config: RunConfig
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_site` on every site: site name → metrics."""
+    return {site.name: evaluate_site(model, site, config) for site in sites}
 
 
 def evaluate_split(
-    model: nn.Module, dataset, batch_size: int, device: torch.device
+    model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int
 ) -> dict[str, float]:
-    """Dice, HD95 and ASSD (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model``
-    on one split, in order, ``batch_size`` images at a time.
+    """Dice, HD95 and ASSD per class and their means over the foreground classes
+    (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model`` on one split, in order,
+    ``batch_size`` images at a time.
 
     The batch size is part of the result: the UNet's BatchNorm keeps no running statistics
     (as released), so in ``eval()`` mode it normalises each batch with its own.
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    return segmentation_metrics(*predict(model, loader, device))
+    return segmentation_metrics(*predict(model, loader, device), num_classes)

@@ -36,9 +36,13 @@ from .algorithms import METHODS, algorithm_class, build_algorithm
 from .config import RunConfig
 from .results import (
     BEST_ROUND_CAPTION,
+    CLASS_NOTE,
     FINAL_ROUND_CAPTION,
+    METRICS,
     best_round,
+    classes_of,
     dice_matrix,
+    final_round,
     line_plot,
     table1,
 )
@@ -127,7 +131,7 @@ def run_config(settings: RunConfig, spec: str, seed: int) -> RunConfig:
 def check_finished(folder: Path, wanted: RunConfig) -> None:
     """Raise ``ValueError`` when the finished run in ``folder`` was made with other settings
     than ``wanted`` (a finished run is reused, never silently mixed in)."""
-    found = read_config(folder)
+    found = read_config(folder).resolved()  # an older run's file may leave a field unset
     differ = sorted(k for k, v in vars(wanted).items() if getattr(found, k) != v)
     if differ:
         changes = ", ".join(f"{k} {getattr(found, k)!r} ≠ {getattr(wanted, k)!r}" for k in differ)
@@ -253,13 +257,20 @@ def write_reports(out: Path, specs, seeds, dataset: str, rounds: int) -> str:
     first = next(r for r in results[specs[0]][0] if "dice" in r)
     sites = list(first["dice"])
     setting = f"{dataset}, {rounds} rounds, seeds {', '.join(map(str, seeds))}"
-    dice_note = f"{setting}; Dice in %.\n\n"
+    class_note = f" {CLASS_NOTE}" if classes_of(first) else ""
+    dice_note = f"{setting}; Dice in %.{class_note}\n\n"
     tables = (
         f"{FINAL_ROUND_CAPTION}\n\n{table1(results, sites)}\n"
         f"{BEST_ROUND_CAPTION} Per seed, its own best round.\n\n"
         f"{table1(results, sites, pick=best_round)}"
     )
-    atomic_write_text(out / "table1.md", dice_note + tables)
+    surface = "".join(
+        f"\n{METRICS[metric].name}, final round; NaN where a prediction was empty is "
+        f"skipped.\n\n{table1(results, sites, metric=metric)}"
+        for metric in ("hd95", "assd")
+        if all(metric in final_round(records) for runs in results.values() for records in runs)
+    )
+    atomic_write_text(out / "table1.md", dice_note + tables + surface)
     atomic_write_text(
         out / "table3.md", f"{setting}; means over clients, rounds and seeds.\n\n" + table3(results)
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .algorithms import METHODS
+from .config_checks import check_config
 from .data import NUCLEI_INTENSITIES
 from .data.sources import DATA_SOURCES, data_source, file_sources
 from .losses import DICE_LOSS_CLASSES
@@ -109,21 +110,50 @@ class RunConfig:
         "real nuclei images: per-image min-max (released) or ÷ the pixel type's maximum",
         choices=NUCLEI_INTENSITIES,
     )
+    # Each client's shuffling generator is seeded with seed·1000 + its index, a 64-bit seed.
     seed: int = setting(
-        0, "draws the synthetic data or the split, the weights, batches, clients", per_run=True
+        0,
+        "draws the synthetic data or the split, the weights, batches, clients",
+        interval="[0, 4294967295]",
+        per_run=True,
     )
+    # The paper's sides are 256 (nuclei) and 384 (prostate); the UNet's first stage alone
+    # holds init_features·S² floats per image, 1 GiB at S = 8192 and 16 features.
     image_size: int | None = setting(
         None,
         "image side in pixels",
         none_means="the dataset's",
+        interval="[1, 8192]",
+        flower_none=0,
+    )
+    slice_neighbours: int = setting(
+        0,
+        "folder volumes: slices either side of each sample, stacked as extra channels",
+        interval=NON_NEGATIVE,
+    )
+    # The ServerApp reads no data: on Flower with folder data the run config gives these.
+    in_channels: int | None = setting(
+        None,
+        "the model's input channels",
+        none_means="the data's (dataset.json for folder data)",
         interval=AT_LEAST_ONE,
+        cli=False,
+        flower_none=0,
+    )
+    num_classes: int | None = setting(
+        None,
+        "classes, background included",
+        none_means="the data's (dataset.json for folder data)",
+        interval="[2, inf)",
+        cli=False,
         flower_none=0,
     )
     n_train: int = setting(
         24, "synthetic only: mean training images per site", interval=AT_LEAST_ONE
     )
     n_test: int = setting(12, "synthetic only: mean test images per site", interval=AT_LEAST_ONE)
-    init_features: int = setting(16, "channels of the UNet's first stage", interval=AT_LEAST_ONE)
+    # The UNet's parameters grow with its square: 7.8 M at 32 (the paper), 8 G at 1024.
+    init_features: int = setting(16, "channels of the UNet's first stage", interval="[1, 1024]")
     device: str = setting("cpu", "torch device, e.g. cuda")
     eval_every: int = setting(
         1, "evaluate every N rounds, and after the last", interval=AT_LEAST_ONE
@@ -153,6 +183,35 @@ class RunConfig:
         none_means="none",
         flower="extra",
     )
+    # Differential privacy of the uploaded prototypes (fedbcs_fl/privacy.py, docs/privacy.md).
+    proto_dp_epsilon: float | None = setting(
+        None,
+        "differential privacy of the uploaded prototypes: total ε per site over the run, "
+        "the noise solved for it",
+        none_means="off",
+        interval=POSITIVE,
+        flower="extra",
+    )
+    proto_dp_noise: float | None = setting(
+        None,
+        "prototype DP by noise multiplier instead of ε",
+        none_means="off",
+        interval=POSITIVE,
+        flower="extra",
+    )
+    proto_dp_clip: float = setting(
+        1.0,
+        "prototype DP: L2 bound C on each image's per-class mean feature",
+        interval=POSITIVE,
+        flower="extra",
+    )
+    dp_delta: float | None = setting(
+        None,
+        "δ of the reported ε",
+        none_means="1/(10·n), n a site's training images",
+        interval="(0, 1)",
+        flower="extra",
+    )
     data_version: int | None = setting(
         None,
         "the version of the synthetic data's generator",
@@ -169,14 +228,19 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """A copy with the data source's defaults (:class:`~fedbcs_fl.data.RunDefaults`)
-        filled in where a field is None; ``ValueError`` for an unknown dataset."""
+        and model shape (:meth:`~fedbcs_fl.data.DataSource.model_shape`) filled in where a
+        field is None; ``ValueError`` for an unknown dataset, a shape it cannot have or a
+        setting out of its range (:func:`~fedbcs_fl.config_checks.check_config`)."""
+        _checked({name: getattr(self, name) for name in RUN_SETTINGS})
         source = data_source(self.dataset)
         out = dataclasses.replace(self, method_options=dict(self.method_options))
         for default in dataclasses.fields(source.defaults):  # tau is a method option's
             if default.name in RUN_SETTINGS and getattr(out, default.name) is None:
                 setattr(out, default.name, getattr(source.defaults, default.name))
+        out.in_channels, out.num_classes = source.model_shape(out)
         if out.data_version is None:
             out.data_version = source.version
+        check_config(out)
         return out
 
     def to_json(self) -> str:
@@ -203,12 +267,7 @@ class RunConfig:
         if "version" in data:
             data = cls._as_it_ran(data, source)
         values = dict(data)
-        for name, declared in RUN_SETTINGS.items():
-            if name in values:
-                try:
-                    values[name] = declared.check(values[name])
-                except ValueError as error:
-                    raise ValueError(f"{source}: {name} {error}") from None
+        values |= _checked({name: values[name] for name in RUN_SETTINGS if name in values}, source)
         if not isinstance(values.get("method_options", {}), dict):
             raise ValueError(f"{source}: method_options must be a table of option → value")
         return cls(**values)
@@ -264,3 +323,17 @@ class RunConfig:
 
 # The run settings, by field name: what each is, what it may be, where it is given.
 RUN_SETTINGS = settings_of(RunConfig)
+
+
+def _checked(values: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+    """``values`` (setting → value), each checked by its :data:`RUN_SETTINGS` declaration
+    (an integer for a number becomes a float); ``ValueError`` naming the first that breaks
+    its rules, and ``source`` where given."""
+    checked = {}
+    for name, value in values.items():
+        try:
+            checked[name] = RUN_SETTINGS[name].check(value)
+        except ValueError as error:
+            where = f"{source}: " if source else ""
+            raise ValueError(f"{where}{name} {error}") from None
+    return checked

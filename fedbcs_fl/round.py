@@ -14,7 +14,12 @@ A round record, one line of ``metrics.jsonl``, has
 - per client whose reply passed screening: ``client_metrics``, ``prototypes_uploaded``
   (paper Table 3) and ``bytes_up`` (weights + payload); a rejected reply is not read;
 - ``bytes_down``: the global weights and payload each client was sent;
-- on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site and their ``mean_*``;
+- with prototype DP on, ``proto_dp_epsilon``: per client whose reply passed screening,
+  the ε it has spent so far (:mod:`fedbcs_fl.privacy`);
+- on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site (the mean over the
+  foreground classes) and their ``mean_*`` over sites, and ``dice_per_class``,
+  ``hd95_per_class`` and ``assd_per_class``: per site, ``{class id: figure}`` for every
+  foreground class;
 - ``seconds``.
 """
 
@@ -26,6 +31,8 @@ import numpy as np
 import torch
 
 from .algorithms.base import Algorithm, ClientUpdate
+from .metrics import METRICS, per_class
+from .privacy import EPSILON_KEY
 from .screening import ScreeningPolicy, screen_updates
 
 
@@ -93,6 +100,9 @@ def aggregate_round(
         },
         "bytes_down": tensor_bytes(global_weights) + tensor_bytes(global_payload),
     }
+    spent = {name: u.metrics[EPSILON_KEY] for name, u in accepted if EPSILON_KEY in u.metrics}
+    if spent:
+        record[EPSILON_KEY] = spent
     if not accepted:  # nothing usable: the global model stays as it was
         return RoundResult(global_weights, global_payload, record)
     weights, payload = algorithm.aggregate(
@@ -108,9 +118,13 @@ def is_evaluation_round(config, round_index: int) -> bool:
 
 def evaluation_fields(evaluation: dict[str, dict[str, float]]) -> dict:
     """The evaluation keys of a round record: per-site and mean (NaN-skipping) Dice, HD95
-    and ASSD, from ``{site: segmentation_metrics(...)}``."""
+    and ASSD, and per site each foreground class's, from
+    ``{site: segmentation_metrics(...)}``."""
     fields = {}
-    for metric in ("dice", "hd95", "assd"):
+    for metric in METRICS:
         fields[metric] = {site: m[metric] for site, m in evaluation.items()}
         fields[f"mean_{metric}"] = float(np.nanmean(list(fields[metric].values())))
+        fields[f"{metric}_per_class"] = {
+            site: per_class(m, metric) for site, m in evaluation.items()
+        }
     return fields

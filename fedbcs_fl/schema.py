@@ -93,7 +93,15 @@ class Option:
         try:
             return self.type(text)
         except ValueError:
-            raise ValueError(f"must be {_TYPE_NAMES[self.type]}; got {text!r}") from None
+            pass
+        if self.type is int:  # "1e9": a huge count reaches the check that says why not
+            try:
+                number = float(text)
+            except ValueError:
+                number = math.nan
+            if number.is_integer():
+                return int(number)
+        raise ValueError(f"must be {_TYPE_NAMES[self.type]}; got {text!r}")
 
     def check(self, value: Any) -> Any:
         """``value`` if this option may take it (an integer for a number becomes a float),

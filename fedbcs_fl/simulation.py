@@ -8,18 +8,24 @@ the global model on every site's test split, append the record to ``metrics.json
 runs past ``client_timeout`` is reported and the round goes on with the others; if no
 reply is accepted the global model stays as it was.
 
+With a ``client_timeout``, a client trains its round on a copy of its model, optimiser,
+state and shuffling generator, in a daemon thread. A reply in time (or an error) is
+adopted, so the run equals, bit for bit, one without the timeout; a round past the
+deadline is abandoned: the client keeps what it had before the round, the worker stops at
+its next step, and a worker that never returns cannot keep the process alive.
+
 A killed run resumes from its last checkpoint (:meth:`Simulation.resume`) and ends with
-the same model, bit for bit, as an uninterrupted run.
+the same model, bit for bit, as an uninterrupted run. The run folder is held
+(:func:`~fedbcs_fl.run_folder.hold_run_folder`) while the rounds run.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,12 +38,23 @@ from tqdm.auto import tqdm
 from .algorithms import build_algorithm
 from .algorithms.base import Algorithm, ClientUpdate
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .client import evaluate_site, local_train, make_optimizer, model_weights, train_loader
+from .client import evaluate_sites, local_train, make_optimizer, model_weights, train_loader
 from .config import RunConfig
 from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
+from .payload import prototype_sets
+from .privacy import prototype_privacy
+from .results import dice_line
 from .round import aggregate_round, evaluation_fields, is_evaluation_round
-from .run_folder import append_record, keep_records, save_model, write_config
+from .run_folder import (
+    RESUME_MAY_CHANGE,
+    append_record,
+    hold_run_folder,
+    keep_records,
+    resume_conflicts,
+    save_model,
+    write_config,
+)
 from .screening import ScreeningPolicy
 
 
@@ -51,7 +68,50 @@ class ClientRuntime:
     loader: DataLoader
     generator: torch.Generator
     state: dict = field(default_factory=dict)
-    straggler: Future | None = None  # a timed-out round still running in the background
+
+    def fork(self, config: RunConfig) -> ClientRuntime:
+        """A copy sharing only the data: a round trained on it leaves this client as it
+        is until :meth:`adopt` (and for good if the round is abandoned)."""
+        model, optimizer, state = copy.deepcopy((self.model, self.optimizer, self.state))
+        loader = train_loader(self.loader.dataset, config, 0)
+        loader.generator.set_state(self.generator.get_state())
+        return ClientRuntime(self.name, model, optimizer, loader, loader.generator, state)
+
+    def adopt(self, fork: ClientRuntime) -> None:
+        """Take over what a round trained on ``fork`` left."""
+        self.model, self.optimizer, self.state = fork.model, fork.optimizer, fork.state
+        self.loader, self.generator = fork.loader, fork.generator
+
+
+def load_resume_checkpoint(out_dir: str | Path, config: RunConfig) -> dict | None:
+    """The checkpoint a run of ``config`` resumes ``out_dir`` from (None: there is none yet,
+    and the run starts again from round 1), checked to fit ``config``.
+
+    Raises:
+        ValueError: the checkpoint was written with settings that differ from ``config``
+            in one resuming may not change (:func:`~fedbcs_fl.run_folder.resume_conflicts`:
+            ``config.json`` was edited, or other options were given with ``--resume``), or
+            ``config`` asks for fewer rounds than the checkpoint has done.
+    """
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    checkpoint = load_checkpoint(path)
+    if "config" in checkpoint:  # checkpoints written before it was kept have none
+        saved = RunConfig.from_json(checkpoint["config"], source=str(path))
+        changed = resume_conflicts(saved, config)
+        if changed:
+            raise ValueError(
+                f"the run in {out_dir} was started with other settings than it is resumed "
+                f"with: {', '.join(changed)} changed, and resuming may change only "
+                f"{', '.join(RESUME_MAY_CHANGE)}"
+            )
+    if config.rounds < checkpoint["round"]:
+        raise ValueError(
+            f"{out_dir} has done {checkpoint['round']} rounds: rounds must be at least that, "
+            f"got {config.rounds}"
+        )
+    return checkpoint
 
 
 class Simulation:
@@ -117,12 +177,28 @@ class Simulation:
         chosen = sorted(self.selection_rng.choice(len(self.clients), size=n, replace=False))
         return [self.clients[i] for i in chosen]
 
-    def train_client(self, client: ClientRuntime, round_index: int) -> ClientUpdate:
+    def train_client(
+        self,
+        client: ClientRuntime,
+        round_index: int,
+        weights: dict[str, torch.Tensor],
+        payload: dict[str, torch.Tensor],
+        abandoned: threading.Event | None = None,
+    ) -> ClientUpdate:
+        """Train ``client``'s round from the global ``weights`` and ``payload``; once
+        ``abandoned`` is set, stop with ClientFault before training or after a step."""
+
+        def stop_if_abandoned() -> None:
+            if abandoned is not None and abandoned.is_set():
+                raise ClientFault(f"{client.name}'s round {round_index} was abandoned")
+
         self.faults.before_training(client.name, round_index)
-        client.model.load_state_dict(self.global_weights)
+        stop_if_abandoned()
+        client.model.load_state_dict(weights)
         label = f"round {round_index} {client.name}" if self.progress else None
 
         def after_step(step: int) -> None:
+            stop_if_abandoned()
             self.faults.after_step(client.name, round_index, step)
             maybe_kill(round_index, "local")
 
@@ -131,35 +207,57 @@ class Simulation:
             client.model,
             client.optimizer,
             client.loader,
-            self.global_payload,
+            payload,
             client.state,
             self.config.local_epochs,
             self.device,
             progress=label,
             on_step=after_step,
+            privacy=prototype_privacy(
+                self.config,
+                len(prototype_sets(self.algorithm.uploads)),
+                # by name: a round under a client timeout trains a fork of the client
+                [c.name for c in self.clients].index(client.name),
+                len(client.loader.dataset),
+                round_index,
+            ),
         )
 
     def _train_with_deadline(self, client: ClientRuntime, round_index: int) -> ClientUpdate:
-        """Train, or raise ClientFault past ``client_timeout`` (the client then straggles)."""
+        """Train, or raise ClientFault past ``client_timeout`` (see the module docstring)."""
+        weights, payload = self.global_weights, self.global_payload
         timeout = self.config.client_timeout
         if timeout is None:
-            return self.train_client(client, round_index)
-        if client.straggler is not None and not client.straggler.done():
-            raise ClientFault(f"{client.name} is still busy with an earlier round")
-        pool = ThreadPoolExecutor(max_workers=1)
-        future = pool.submit(self.train_client, client, round_index)
-        pool.shutdown(wait=False)
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            client.straggler = future
-            raise ClientFault(f"{client.name} timed out after {timeout:g} s") from None
+            return self.train_client(client, round_index, weights, payload)
+        attempt = client.fork(self.config)
+        abandoned = threading.Event()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["update"] = self.train_client(
+                    attempt, round_index, weights, payload, abandoned
+                )
+            except BaseException as error:  # handed to the caller, as without a timeout
+                outcome["error"] = error
+
+        worker = threading.Thread(target=work, name=f"{client.name} round {round_index}")
+        worker.daemon = True  # a client that never returns must not keep the process alive
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            abandoned.set()
+            raise ClientFault(f"{client.name} timed out after {timeout:g} s")
+        client.adopt(attempt)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["update"]
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, dict[str, float]]:
         """Metrics of the global model (or ``model``) on every site's test split, in
         batches of ``eval_batch_size``."""
         model = model or self.global_model
-        return {site.name: evaluate_site(model, site, self.config) for site in self.sites}
+        return evaluate_sites(model, self.sites, self.config)
 
     def run_round(self, round_index: int) -> dict:
         start = time.perf_counter()
@@ -217,6 +315,7 @@ class Simulation:
             },
             "selection_rng": json.dumps(self.selection_rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
+            "config": self.config.to_json(),  # resuming checks config.json against it
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -245,17 +344,36 @@ class Simulation:
             before_rename=lambda: maybe_kill(rounds, "checkpoint"),
         )
 
-    def resume(self) -> None:
-        """Continue from ``out_dir``'s checkpoint; metrics after it are dropped."""
-        path = self.out_dir / CHECKPOINT_NAME
-        if path.exists():
-            self.load_state_dict(load_checkpoint(path))
-        self.history = keep_records(self.out_dir, self.completed_rounds)
+    def resume(self, checkpoint: dict | None = None) -> None:
+        """Continue from ``out_dir``'s checkpoint; metrics after it are dropped.
+
+        Args:
+            checkpoint: what :func:`load_resume_checkpoint` gave, if the caller has it
+                (default: load it here, with the same checks).
+        """
+        with hold_run_folder(self.out_dir):
+            if checkpoint is None:
+                checkpoint = load_resume_checkpoint(self.out_dir, self.config)
+            if checkpoint is not None:
+                self.load_state_dict(checkpoint)
+            self.history = keep_records(self.out_dir, self.completed_rounds)
 
     # ---- the whole run ----------------------------------------------------------------
 
     def run(self) -> list[dict]:
-        """All remaining rounds; returns the per-round records (also in ``metrics.jsonl``)."""
+        """All remaining rounds; returns the per-round records (also in ``metrics.jsonl``).
+
+        Raises:
+            RunFolderInUse: another process holds ``out_dir``.
+            OSError: a file of the run folder could not be written (e.g. a full disk);
+                what was written before is intact, and the run can be resumed.
+        """
+        if self.out_dir is None:
+            return self._run_rounds()
+        with hold_run_folder(self.out_dir):
+            return self._run_rounds()
+
+    def _run_rounds(self) -> list[dict]:
         if self.out_dir is not None:
             write_config(self.out_dir, self.config)
         rounds = range(self.completed_rounds + 1, self.config.rounds + 1)
@@ -280,8 +398,7 @@ class Simulation:
     def _round_line(record: dict) -> str:
         line = f"round {record['round']:3d}"
         if "mean_dice" in record:
-            sites = " ".join(f"{k}={v:.3f}" for k, v in record["dice"].items())
-            line += f"  mean Dice {record['mean_dice']:.4f}  ({sites})"
+            line += f"  {dice_line(record)}"
         for kind in ("faults", "rejected"):
             if record[kind]:
                 line += f"  {kind}: " + "; ".join(f"{c}: {r}" for c, r in record[kind].items())

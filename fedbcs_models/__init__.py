@@ -3,9 +3,10 @@
 - :class:`UNet`: the paper's UNet (f, 2f, 4f, 8f; bottleneck 16f), optional FSR.
 - :func:`insert_fsr`: :class:`fedbcs_ops.FSR` after chosen encoder stages of the UNet or
   of a segmentation_models_pytorch model.
-- :class:`FeatureTaps`: forward hooks collecting encoder and decoder levels and the
-  bottleneck (:class:`TappedForward`); :data:`DECODER_TAPS` says where, per decoder type
-  (:class:`DecoderTaps`).
+- :class:`FeatureTaps`: forward hooks collecting encoder and decoder levels, the
+  bottleneck and FSR's inputs and outputs (:class:`TappedForward`); :data:`DECODER_TAPS`
+  says where, per decoder type (:class:`DecoderTaps`); :func:`tappable_module` finds the
+  network to tap inside a wrapper.
 - :class:`CDPAHead`, :class:`StreamEmbedding`: CDPA fusion (paper 3.3) and the per-pixel
   multi-level embedding kept as per-level parts (``cosine``, ``sq_norm``,
   ``sq_distance``, ``prototype_sums``; ``materialize`` only as a test oracle).
@@ -24,7 +25,7 @@ Example:
 from ._cdpa import FUSIONS, CDPAHead, StreamEmbedding
 from ._fsr_insertion import fsr_stage_numbers, insert_fsr
 from ._model import CDPAModel, build_fedbcs_unet
-from ._taps import DECODER_TAPS, DecoderTaps, FeatureTaps, TappedForward
+from ._taps import DECODER_TAPS, DecoderTaps, FeatureTaps, TappedForward, tappable_module
 from ._unet import UNet
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "build_fedbcs_unet",
     "fsr_stage_numbers",
     "insert_fsr",
+    "tappable_module",
 ]

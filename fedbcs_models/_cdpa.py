@@ -67,7 +67,13 @@ class StreamEmbedding:
         dim: D = len(partners) · proto_dim, the embedding channels.
     """
 
-    def __init__(self, levels, partners, fusions, target_size):
+    def __init__(
+        self,
+        levels: list[torch.Tensor],
+        partners: list[int],
+        fusions: list[nn.Conv2d] | nn.ModuleList,
+        target_size: tuple[int, int],
+    ) -> None:
         self.levels = levels
         self.partners = partners
         self.fusions = fusions
@@ -252,7 +258,7 @@ class StreamEmbedding:
 
     def prototype_sums(
         self, labels: torch.Tensor, num_classes: int, ignore_index: int | None = None
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class sums of the embedding over the pixels of each class, and the counts.
 
         Equal to :func:`fedbcs_ops.class_sums` of :meth:`materialize` with
@@ -311,8 +317,8 @@ class CDPAHead(nn.Module):
 
     def __init__(
         self,
-        encoder_channels,
-        decoder_channels,
+        encoder_channels: list[int] | tuple[int, ...],
+        decoder_channels: list[int] | tuple[int, ...],
         proto_dim: int = 256,
         fusion: str = "deepest",
         encoder_target: int | None = None,
@@ -352,7 +358,12 @@ class CDPAHead(nn.Module):
         """D of a stream's embedding: (levels − 1) · proto_dim."""
         return len(self.partners[stream]) * self.proto_dim
 
-    def forward(self, encoder_levels, decoder_levels, input_size) -> dict[str, StreamEmbedding]:
+    def forward(
+        self,
+        encoder_levels: list[torch.Tensor],
+        decoder_levels: list[torch.Tensor],
+        input_size: tuple[int, int],
+    ) -> dict[str, StreamEmbedding]:
         levels = {"encoder": list(encoder_levels), "decoder": list(decoder_levels)}
         embeddings = {}
         for stream in STREAMS:

@@ -14,6 +14,7 @@ live in ``model.encoder_fsr["stage{k}"]``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ def _recalibrate_output(fsr: FSR, module: nn.Module, inputs, output: torch.Tenso
     return fsr(output)
 
 
-def insert_fsr(model: nn.Module, stages, gate: str = "static") -> nn.Module:
+def insert_fsr(model: nn.Module, stages: Iterable[int], gate: str = "static") -> nn.Module:
     """Put :class:`fedbcs_ops.FSR` after encoder stages ``stages`` of ``model``.
 
     Args:

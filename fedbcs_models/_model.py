@@ -63,7 +63,9 @@ class CDPAModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def forward_with_embeddings(self, x: torch.Tensor):
+    def forward_with_embeddings(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, StreamEmbedding]]:
         """``(logits, {"encoder": StreamEmbedding, "decoder": StreamEmbedding})``.
 
         Args:

@@ -27,6 +27,12 @@ with the input itself (smp convention), which is not a level; zero-channel entri
 (transformer-style timm encoders) are skipped. Channel counts and strides come from one
 dry run at construction.
 
+Where :func:`~fedbcs_models.insert_fsr` put FSR after an encoder stage, the encoder level
+is FSR's output (what the deeper stages and the skip connection see), and
+``TappedForward.fsr`` also holds FSR's input and output per stage. The FSR modules are
+looked up in ``model.encoder_fsr`` at every call, so FSR inserted after the taps were
+built is tapped too.
+
 The hooks exist only while :meth:`FeatureTaps.forward_with_levels` runs: they are
 registered on entry and removed on exit, however the forward ends. Between calls the
 model carries no hook of the taps, so ``model(x)``, ``copy.deepcopy`` and ``state_dict``
@@ -86,6 +92,8 @@ class TappedForward(NamedTuple):
     encoder: list[torch.Tensor]  # encoder levels, finest first
     decoder: list[torch.Tensor]  # decoder levels, finest first
     bottleneck: torch.Tensor  # the deepest feature map the decoder starts from
+    # encoder stage k → (FSR's input, FSR's output) for each stage followed by FSR
+    fsr: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _finest_first(levels):
@@ -95,6 +103,32 @@ def _finest_first(levels):
 def _append_output(outputs: list, module, inputs, output):
     """The forward hook of a tapped module, bound to its list by ``functools.partial``."""
     outputs.append(output)
+
+
+def _append_input_and_output(pairs: list, module, inputs, output):
+    """The forward hook of a tapped FSR module: its input and its output."""
+    pairs.append((inputs[0], output))
+
+
+def tappable_module(model: nn.Module) -> nn.Module:
+    """The outermost module of ``model`` (``model`` itself first) that
+    :class:`FeatureTaps` can tap: one with an ``encoder`` carrying ``out_channels`` and a
+    ``decoder`` of a type in :data:`DECODER_TAPS`. Finds the network inside a wrapper
+    (e.g. :class:`~fedbcs_models.CDPAModel`'s ``backbone``).
+
+    Raises:
+        TypeError: no such module; the message lists the decoder types that can be tapped.
+    """
+    for module in model.modules():
+        encoder = getattr(module, "encoder", None)
+        decoder = getattr(module, "decoder", None)
+        if hasattr(encoder, "out_channels") and type(decoder) in DECODER_TAPS:
+            return module
+    valid = ", ".join(kind.__name__ for kind in DECODER_TAPS)
+    raise TypeError(
+        f"{type(model).__name__} holds no module with an encoder and a decoder FeatureTaps "
+        f"can tap; valid decoders: {valid}"
+    )
 
 
 class FeatureTaps:
@@ -110,6 +144,8 @@ class FeatureTaps:
     Attributes (from a dry run at construction, ``64×64`` input):
         encoder_channels, decoder_channels: channel counts of the levels, finest first.
         encoder_strides, decoder_strides: their strides relative to the input.
+        encoder_stages: the encoder stage of each encoder level (its entry in the
+            encoder's feature list, as :func:`~fedbcs_models.insert_fsr` numbers them).
         bottleneck_channels, bottleneck_stride: the same for the bottleneck.
         in_channels: the input channels the model expects.
 
@@ -123,6 +159,11 @@ class FeatureTaps:
         >>> tapped = taps.forward_with_levels(torch.randn(2, 3, 64, 64))
         >>> tapped.decoder[0].shape, tapped.bottleneck.shape
         (torch.Size([2, 8, 64, 64]), torch.Size([2, 128, 4, 4]))
+        >>> taps = FeatureTaps(UNet(init_features=8, fsr_stages=(2, 3)))
+        >>> tapped = taps.forward_with_levels(torch.randn(2, 3, 64, 64))
+        >>> before, after = tapped.fsr[2]
+        >>> after is tapped.encoder[1], before.shape == after.shape
+        (True, True)
     """
 
     def __init__(self, model: nn.Module):
@@ -136,6 +177,7 @@ class FeatureTaps:
             )
         self.model = model
         self.in_channels = input_channels(encoder)
+        self.encoder_stages = [k for k, c in enumerate(encoder.out_channels) if k > 0 and c > 0]
         self._encoder = encoder
         self._decoder_modules = taps.levels(decoder)
         self._bottleneck_module = None if taps.bottleneck is None else taps.bottleneck(decoder)
@@ -147,9 +189,20 @@ class FeatureTaps:
         self.decoder_strides = [DRY_RUN_SIZE // level.shape[-1] for level in tapped.decoder]
         self.bottleneck_stride = DRY_RUN_SIZE // tapped.bottleneck.shape[-1]
 
-    def forward_with_levels(self, x: torch.Tensor) -> TappedForward:
-        """``model(x)`` with its encoder and decoder levels (finest first) and bottleneck."""
-        return self._collect(lambda: self.model(x))
+    def forward_with_levels(
+        self, x: torch.Tensor, through: nn.Module | None = None
+    ) -> TappedForward:
+        """``model(x)`` with its encoder and decoder levels (finest first), bottleneck and
+        FSR inputs and outputs.
+
+        Args:
+            x: the input.
+            through: a module that contains the tapped model and runs it (e.g. a wrapper
+                that transforms ``x`` first); ``output`` is then ``through(x)``. Default:
+                the tapped model itself.
+        """
+        run = self.model if through is None else through
+        return self._collect(lambda: run(x))
 
     def _collect(self, run) -> TappedForward:
         encoder_outputs, decoder_levels, bottlenecks = [], [], []
@@ -157,10 +210,18 @@ class FeatureTaps:
         hooked += [(module, decoder_levels) for module in self._decoder_modules]
         if self._bottleneck_module is not None:
             hooked.append((self._bottleneck_module, bottlenecks))
+        fsr_modules = getattr(self.model, "encoder_fsr", {})
+        fsr_pairs = {name: [] for name in fsr_modules}
         # Registered last, so they see each module's final output (after FSR's hooks).
         handles = [
             module.register_forward_hook(functools.partial(_append_output, outputs))
             for module, outputs in hooked
+        ]
+        handles += [
+            module.register_forward_hook(
+                functools.partial(_append_input_and_output, fsr_pairs[name])
+            )
+            for name, module in fsr_modules.items()
         ]
         try:
             output = run()
@@ -168,14 +229,21 @@ class FeatureTaps:
             for handle in handles:
                 handle.remove()
         expected = (1, len(self._decoder_modules), int(self._bottleneck_module is not None))
+        expected += (1,) * len(fsr_pairs)
         recorded = (len(encoder_outputs), len(decoder_levels), len(bottlenecks))
+        recorded += tuple(len(pairs) for pairs in fsr_pairs.values())
         if recorded != expected:
             raise RuntimeError(
-                f"expected (encoder, decoder levels, bottleneck) outputs {expected}, recorded "
-                f"{recorded}: a tapped module ran more or less than once"
+                f"expected (encoder, decoder levels, bottleneck, each FSR) outputs {expected}, "
+                f"recorded {recorded}: a tapped module ran more or less than once"
             )
         encoder_levels = [level for level in encoder_outputs[0][1:] if level.shape[1] > 0]
         bottleneck = bottlenecks[0] if bottlenecks else encoder_levels[-1]
+        fsr = {int(name.removeprefix("stage")): pairs[0] for name, pairs in fsr_pairs.items()}
         return TappedForward(
-            output, _finest_first(encoder_levels), _finest_first(decoder_levels), bottleneck
+            output,
+            _finest_first(encoder_levels),
+            _finest_first(decoder_levels),
+            bottleneck,
+            dict(sorted(fsr.items())),
         )

@@ -212,7 +212,12 @@ def _match_resolution(features, labels):
     return features
 
 
-def class_sums(features, labels, num_classes: int, ignore_index: int | None = None):
+def class_sums(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class sums of features over the pixels of each class, and the pixel counts.
 
     Args:
@@ -250,7 +255,12 @@ def class_sums(features, labels, num_classes: int, ignore_index: int | None = No
     return _class_sums_torch(features, labels, num_classes, ignore_index)
 
 
-def class_prototypes(features, labels, num_classes: int, ignore_index: int | None = None):
+def class_prototypes(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class mean features ``[K, C]`` float32 and ``present [K]`` bool.
 
     Absent classes get a zero row and ``present[k] = False``, never NaN. Arguments as
@@ -260,7 +270,9 @@ def class_prototypes(features, labels, num_classes: int, ignore_index: int | Non
     return prototypes_from_sums(*class_sums(features, labels, num_classes, ignore_index))
 
 
-def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor):
+def prototypes_from_sums(
+    sums: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sums / counts, counts > 0)`` with zero rows for absent classes."""
     present = counts > 0
     protos = sums / counts.clamp_min(1.0)[:, None]

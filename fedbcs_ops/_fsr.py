@@ -354,7 +354,14 @@ def _check_affine(name: str, value, channels: int) -> None:
         )
 
 
-def fsr(x, a, b, weight=None, bias=None, eps: float = 1e-5):
+def fsr(
+    x: torch.Tensor,
+    a: float | torch.Tensor,
+    b: float | torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """Frequency-domain style recalibration, ``a·IN(x) + b·x`` then ``weight·y + bias``.
 
     Equal to the literal FFT amplitude blend of paper eq. 4–7 (see this module's

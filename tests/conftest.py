@@ -42,11 +42,29 @@ def three_class_source(monkeypatch):
             images = torch.rand(n, 1, size, size, generator=generator)
             return TensorDataset(images, torch.randint(0, 3, (n, size, size), generator=generator))
 
-        return [SiteData(name, split(config.n_train), split(config.n_test)) for name in sites]
+        names = config.sites or sites
+        return [SiteData(name, split(config.n_train), split(config.n_test)) for name in names]
 
     source = DataSource("three-class-gray", sites, num_classes=3, in_channels=1, load=load)
     monkeypatch.setitem(DATA_SOURCES, source.name, source)
     return source
+
+
+class DataRead(Exception):
+    """A command read its data: it got past every check before that (``args[0]``: the
+    configuration it read them with)."""
+
+
+@pytest.fixture
+def data_read(monkeypatch) -> type[DataRead]:
+    """Reading data (``fedbcs_fl.data.load_sites``) raises the returned exception type, so
+    a test of a command's checks fails, or stops, where the command would read its data."""
+
+    def refuse(config, workers=0):
+        raise DataRead(config)
+
+    monkeypatch.setattr("fedbcs_fl.data.load_sites", refuse)
+    return DataRead
 
 
 @pytest.fixture
@@ -57,9 +75,9 @@ def eval_batch_sizes(monkeypatch) -> list[int]:
     seen: list[int] = []
     original = client.evaluate_split
 
-    def recording(model, dataset, batch_size, device):
+    def recording(model, dataset, batch_size, device, num_classes):
         seen.append(batch_size)
-        return original(model, dataset, batch_size, device)
+        return original(model, dataset, batch_size, device, num_classes)
 
     monkeypatch.setattr(client, "evaluate_split", recording)
     return seen

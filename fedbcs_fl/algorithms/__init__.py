@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ..data.sources import data_source
 from .base import Algorithm, ClientUpdate, LocalContext
 
 if TYPE_CHECKING:  # the config names the methods, so it imports this package
@@ -42,10 +41,10 @@ def all_algorithms() -> dict[str, type[Algorithm]]:
 
 
 def build_algorithm(config: RunConfig) -> Algorithm:
-    """``config.method`` for a model with the input channels and classes of
-    ``config.dataset``, as its :class:`~fedbcs_fl.data.DataSource` declares them."""
-    source = data_source(config.dataset)
-    return algorithm_class(config.method)(config, source.in_channels, source.num_classes)
+    """``config.method`` for a model with the run's input channels and classes, as its
+    :class:`~fedbcs_fl.data.DataSource` gives them (:meth:`RunConfig.resolved`)."""
+    config = config.resolved()
+    return algorithm_class(config.method)(config, config.in_channels, config.num_classes)
 
 
 __all__ = [

@@ -9,6 +9,8 @@ declare (``PIXEL_PROTOTYPES``, :mod:`fedbcs_fl.payload`).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +19,7 @@ from fedbcs_ops import class_sums, prototypes_from_sums
 from ..aggregation import cluster_class_rows
 from ..losses import multi_positive_infonce
 from ..payload import PrototypeSet
+from ..privacy import per_image_clipped_sums
 from ._features import build_tapped_unet
 from .base import Algorithm, ClientUpdate, LocalContext
 
@@ -33,14 +36,36 @@ def present_rows(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor
     return means[present].to("cpu", torch.float32), torch.nonzero(present)[:, 0].cpu()
 
 
+def accumulate_class_sums(
+    ctx: LocalContext, suffix: str, class_sums_of, labels: torch.Tensor, num_classes: int
+) -> None:
+    """Add a batch's class sums and counts under ``sums{suffix}`` / ``counts{suffix}``.
+
+    ``class_sums_of(labels, num_classes) -> (sums, counts)`` is the method's pixel-level
+    reduction. With prototype DP on, each image adds its clipped per-class means and at
+    most 1 to a count instead (:func:`~fedbcs_fl.privacy.per_image_clipped_sums`).
+    """
+    if ctx.privacy is None:
+        sums, counts = class_sums_of(labels, num_classes)
+    else:
+        sums, counts = per_image_clipped_sums(class_sums_of, labels, num_classes, ctx.privacy.clip)
+    ctx.accumulate(f"sums{suffix}", sums)
+    ctx.accumulate(f"counts{suffix}", counts)
+
+
 def class_mean_payload(ctx: LocalContext, suffix: str = "") -> dict[str, torch.Tensor]:
     """``protos{suffix}`` / ``labels{suffix}`` from the sums accumulated under that suffix.
 
-    Empty when nothing was accumulated; a class without pixels is not sent.
+    Empty when nothing was accumulated; a class without pixels is not sent. Every
+    prototype any method uploads is made here: with prototype DP on, the sums and counts
+    get the site's noise first (:meth:`~fedbcs_fl.privacy.PrototypePrivacy.release`).
     """
     if f"sums{suffix}" not in ctx.sums:
         return {}
-    protos, labels = present_rows(ctx.sums[f"sums{suffix}"], ctx.sums[f"counts{suffix}"])
+    sums, counts = ctx.sums[f"sums{suffix}"], ctx.sums[f"counts{suffix}"]
+    if ctx.privacy is not None:
+        sums, counts = ctx.privacy.release(sums, counts, suffix, ctx.state)
+    protos, labels = present_rows(sums, counts)
     return {f"protos{suffix}": protos, f"labels{suffix}": labels}
 
 
@@ -113,9 +138,7 @@ class PixelPrototypeAlgorithm(Algorithm):
 
     def record_prototypes(self, features: torch.Tensor, masks: torch.Tensor, ctx: LocalContext):
         """Accumulate what the payload is built from (last local epoch, under no_grad)."""
-        sums, counts = class_sums(features, masks, self.num_classes)
-        ctx.accumulate("sums", sums)
-        ctx.accumulate("counts", counts)
+        accumulate_class_sums(ctx, "", partial(class_sums, features), masks, self.num_classes)
 
     def end_local(self, model, ctx: LocalContext):
         return class_mean_payload(ctx)

@@ -28,6 +28,7 @@ from ..aggregation import weighted_average
 from ..data.sources import data_source
 from ..losses import check_dice_loss_classes, segmentation_loss
 from ..payload import PrototypeSet, Upload, prototype_sets
+from ..privacy import PrototypePrivacy, check_privacy_config, proto_dp_on
 from ..schema import Option
 
 if TYPE_CHECKING:  # the config names the methods, so it imports this package
@@ -56,7 +57,8 @@ class LocalContext:
     generator, an anchor copy of the weights) and is emptied when the round ends, however
     it ends. ``sums`` are running sums (e.g. class sums for prototypes);
     ``steps_scheduled`` / ``steps_done`` count optimiser steps this round; ``last_epoch``
-    is True during the last local epoch.
+    is True during the last local epoch. ``privacy`` is the site's prototype mechanism
+    this round (:mod:`fedbcs_fl.privacy`), None when prototype DP is off.
     """
 
     global_payload: dict[str, torch.Tensor]
@@ -68,6 +70,7 @@ class LocalContext:
     scratch: dict[str, Any] = field(default_factory=dict)
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     logs: dict[str, float] = field(default_factory=dict)
+    privacy: PrototypePrivacy | None = None
 
     def accumulate(self, key: str, value: torch.Tensor) -> None:
         """Add ``value`` into the running sum ``key`` (detached, float64 for exact means)."""
@@ -117,6 +120,11 @@ class Algorithm:
             except ValueError as error:
                 raise ValueError(f"{self.name} option {key} {error}") from None
         check_dice_loss_classes(config.dice_loss_classes)
+        check_privacy_config(config)
+        if proto_dp_on(config) and not prototype_sets(self.uploads):
+            raise ValueError(
+                f"prototype DP is on but {self.name}, as configured, sends no prototypes"
+            )
 
     # ---- model --------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ Client loss (paper eq. 15–17, released weighting of the segmentation loss):
   materialised 768-channel map. In round 1 there are no global prototypes: L_MP = 0.
 
 Payload up: per stream, the exact class means of the embedding over the last local
-epoch, for the classes present (2 classes × 2 streams = 4 prototypes).
+epoch, for the classes present (up to K per stream: 4 prototypes on a binary set).
 Server: size-weighted FedAvg of the weights; per stream and class, FINCH (cosine, last
 partition) over the client prototypes, the cluster means, and their mean (eq. 13–14).
 """
@@ -35,7 +35,7 @@ from ..aggregation import cluster_class_prototypes
 from ..losses import capped_multi_positive_infonce, multi_positive_infonce
 from ..payload import PrototypeSet
 from ..schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Option
-from ._protos import class_mean_payload
+from ._protos import accumulate_class_sums, class_mean_payload
 from .base import Algorithm, ClientUpdate, LocalContext
 
 STREAMS = ("encoder", "decoder")
@@ -116,9 +116,9 @@ class FedBCS(Algorithm):
         if ctx.last_epoch:
             with torch.no_grad():
                 for stream, emb in embeddings.items():
-                    sums, counts = emb.prototype_sums(masks, self.num_classes)
-                    ctx.accumulate(f"sums/{stream}", sums)
-                    ctx.accumulate(f"counts/{stream}", counts)
+                    accumulate_class_sums(
+                        ctx, f"/{stream}", emb.prototype_sums, masks, self.num_classes
+                    )
         if f"protos/{STREAMS[0]}" not in ctx.global_payload:
             return loss
         alignment = 0.0

@@ -19,6 +19,8 @@ features come from a pass of the trained model after local training (``prototype
 ``after-training``): over the batches of the last local epoch, kept for it, so the pass
 neither reads the data again nor moves the loader's shuffling. ``last-epoch`` takes the
 features of the training steps themselves, as every other prototype method here.
+With prototype DP on (docs/privacy.md) the first level is replaced by one noisy mean per
+class of the clipped image means: FINCH over private data has no bounded sensitivity.
 Server (second level): size-weighted FedAvg of the weights; per class, FINCH again over
 all clients' cluster prototypes; down go the global cluster prototypes (``protos``,
 ``labels``) and their per-class mean (``mean``, ``mean_present``).
@@ -33,9 +35,11 @@ import torch
 from fedbcs_ops import class_sums
 
 from ..aggregation import cluster_class_rows
+from ..privacy import clipped_class_sums
 from ..schema import NON_NEGATIVE, POSITIVE, Option
 from ._protos import (
     PixelPrototypeAlgorithm,
+    class_mean_payload,
     cosine,
     mean_or_zero,
     pixel_rows,
@@ -110,8 +114,17 @@ class FedPLVM(PixelPrototypeAlgorithm):
     def end_local(self, model, ctx):
         if self.opt["prototype_pass"] == "after-training":
             self._pass_after_training(model, ctx)
-        means, labels = zip(*ctx.scratch[IMAGE_MEANS_KEY], strict=True)
-        local = cluster_class_rows(torch.cat(means), torch.cat(labels), self.num_classes)
+        means, labels = (
+            torch.cat(parts) for parts in zip(*ctx.scratch[IMAGE_MEANS_KEY], strict=True)
+        )
+        if ctx.privacy is not None:
+            # The first-level clustering has no bounded sensitivity: with prototype DP a
+            # site sends one noisy mean per class of its clipped image means instead.
+            sums, counts = clipped_class_sums(means, labels, self.num_classes, ctx.privacy.clip)
+            ctx.accumulate("sums", sums)
+            ctx.accumulate("counts", counts)
+            return class_mean_payload(ctx)
+        local = cluster_class_rows(means, labels, self.num_classes)
         return {"protos": local["protos"], "labels": local["labels"]}
 
     def prototype_loss(self, features, masks, ctx):

@@ -2,8 +2,9 @@
 
 A split is a ``torch.utils.data.Dataset`` whose items are ``(image, mask)``:
 ``image`` float32 ``[C, H, W]`` scaled to [0, 1], ``mask`` int64 ``[H, W]`` with class ids
-(0 background, 1 foreground for every set we ship). All sites of one source have the
-same C, H and W.
+0 (background) to K−1 (K = the run's ``num_classes``: 2 for the binary sets, 3 for
+synthetic-prostate-zones, ``dataset.json``'s labels for ``folder``). All sites of one
+source have the same C, H and W.
 """
 
 from __future__ import annotations

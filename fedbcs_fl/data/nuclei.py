@@ -24,14 +24,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
-from PIL import Image
 
 from .base import SiteData
 from .problems import DataError, Problem, Report, site_report
+from .readers import PICTURE_SUFFIXES, as_label_map, read_picture
 from .samples import assemble_sites, quantize, resize
-from .site_folders import Case, read_site_folders, select_sites
+from .site_folders import Case, broken_link, read_site_folders, select_sites
 from .splits import assign_split, check_fractions, load_split_file
 
 DOMAINS = ("TCIA", "CRC", "KIRC", "TNBC")
@@ -40,17 +39,20 @@ CHANNELS = 3  # RGB
 # How images are scaled to [0, 1] (``load_nuclei``'s ``intensity``): per image from its
 # minimum to its maximum (the released code), or by the pixel type's maximum.
 NUCLEI_INTENSITIES = ("minmax", "dtype")
-_EXTENSIONS = (".png", ".tif", ".tiff")
 _LISTS = {"train": "train.txt", "test": "val.txt"}
 _SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
 
 def _files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
-    """Image files in ``folder`` by stem, and a problem for each stem found twice."""
+    """Image files in ``folder`` by stem, and a problem for each stem found twice and each
+    broken link."""
     files: dict[str, Path] = {}
     problems = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in _EXTENSIONS or not path.is_file():
+        if path.suffix.lower() not in PICTURE_SUFFIXES:
+            continue
+        if not path.is_file():
+            problems += broken_link(path)
             continue
         if path.stem in files:
             problems.append(Problem(path, f"same name as {files[path.stem].name}"))
@@ -87,8 +89,9 @@ def find_items(domain_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Pro
 def read_lists(domain_dir: Path, stems: Sequence[str]) -> tuple[dict | None, list[Problem]]:
     """The domain's ``train.txt`` / ``val.txt`` as ``{"train": [...], "val": [], "test": [...]}``.
 
-    None when neither file exists. Problems: only one of them, an entry naming no image,
-    or an image in both. Images listed in neither are left out.
+    None when neither file exists. Problems: only one of them, a list naming no image, an
+    entry naming no image or named twice, or an image in both. Images listed in neither
+    are left out.
     """
     paths = {name: domain_dir / file for name, file in _LISTS.items()}
     present = [path for path in paths.values() if path.is_file()]
@@ -104,24 +107,22 @@ def read_lists(domain_dir: Path, stems: Sequence[str]) -> tuple[dict | None, lis
         except (OSError, UnicodeDecodeError) as exc:
             return None, [Problem(path, f"cannot read list ({type(exc).__name__}: {exc})")]
         entries = [Path(line.strip()).name for line in lines]
-        entries = [Path(e).stem if Path(e).suffix.lower() in _EXTENSIONS else e for e in entries]
+        entries = [
+            Path(e).stem if Path(e).suffix.lower() in PICTURE_SUFFIXES else e for e in entries
+        ]
         lists[name] = [e for e in entries if e]
+        if not lists[name]:
+            problems.append(Problem(path, "lists no image"))
         problems += [
             Problem(path, f"lists {e}, which is not an image with a mask")
             for e in lists[name]
             if e not in stems
         ]
+        repeated = sorted({e for e in lists[name] if lists[name].count(e) > 1})
+        problems += [Problem(path, f"lists {e} more than once") for e in repeated]
     both = sorted(set(lists["train"]) & set(lists["test"]))
     problems += [Problem(paths["test"], f"{stem} is also in train.txt") for stem in both]
     return lists, problems
-
-
-def _read_array(path: Path, rgb: bool) -> np.ndarray:
-    """Pixels of a PNG (Pillow; converted to RGB if ``rgb``) or TIFF (tifffile) file."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return tifffile.imread(path)
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB") if rgb else image)
 
 
 def _as_rgb(array: np.ndarray, path: Path) -> tuple[torch.Tensor | None, list[Problem]]:
@@ -134,22 +135,6 @@ def _as_rgb(array: np.ndarray, path: Path) -> tuple[torch.Tensor | None, list[Pr
         return None, [Problem(path, f"expected a grey, RGB or RGBA image, got shape {array.shape}")]
     image = torch.from_numpy(array[..., :3].astype(np.float32) / _SCALE[array.dtype])
     return image.permute(2, 0, 1)[None], []
-
-
-def _as_labels(array: np.ndarray, path: Path) -> tuple[np.ndarray | None, list[Problem]]:
-    """The 2-D label map of a mask: binary or instance ids, never colour or negative."""
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        if not (array[..., :3] == array[..., :1]).all():
-            return None, [Problem(path, "colour mask (RGB channels differ); need grey or ids")]
-        array = array[..., 0]
-    if array.ndim != 2:
-        return None, [Problem(path, f"expected a 2-D mask, got shape {array.shape}")]
-    values = np.unique(array).astype(np.float64)
-    if (values < 0).any() or (values != np.round(values)).any():
-        bad = values[(values < 0) | (values != np.round(values))]
-        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        return None, [Problem(path, f"mask has values {shown}; need non-negative integers")]
-    return array, []
 
 
 def scale_intensity(image: torch.Tensor, intensity: str) -> torch.Tensor:
@@ -167,18 +152,15 @@ def scale_intensity(image: torch.Tensor, intensity: str) -> torch.Tensor:
 def _read_item(job: tuple[Path, Path, int | None, str]) -> Case:
     """Read and check one image and mask; with an image size, also build the sample."""
     image_path, mask_path, image_size, intensity = job
-    problems = []
     arrays = {}
+    problems = []
     for path, rgb in ((image_path, True), (mask_path, False)):
-        try:
-            arrays[rgb] = _read_array(path, rgb)
-        # Any failure inside Pillow, tifffile or zlib means the file is unusable.
-        except Exception as exc:
-            problems.append(Problem(path, f"cannot read image ({type(exc).__name__}: {exc})"))
+        arrays[rgb], read_problems = read_picture(path, rgb)
+        problems += read_problems
     if problems:
         return Case(problems)
     image, problems = _as_rgb(arrays[True], image_path)
-    labels, mask_problems = _as_labels(arrays[False], mask_path)
+    labels, mask_problems = as_label_map(arrays[False], mask_path)
     problems += mask_problems
     if problems:
         return Case(problems)

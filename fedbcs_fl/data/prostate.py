@@ -24,14 +24,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from .base import SiteData
 from .problems import DataError, Problem, Report, site_report
-from .samples import assemble_sites, quantize, resize
-from .site_folders import Case, read_site_folders, select_sites
+from .readers import NIFTI_SUFFIXES, clip_and_scale, format_values, read_volume
+from .samples import assemble_sites, neighbour_slices, quantize, resize
+from .site_folders import Case, broken_link, read_site_folders, select_sites
 from .splits import assign_split, check_fractions, load_split_file
 
 SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
@@ -40,31 +40,36 @@ CHANNELS = 3  # an axial slice and its two neighbours
 # Some sources label the central gland and the peripheral zone apart; both are prostate.
 LABELS = (0, 1, 2)
 _MASK_SUFFIX = "_segmentation"
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def find_cases(site_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Problem]]:
-    """``{case: (image, mask)}`` in a site folder, and the unpaired or duplicated files."""
+    """``{case: (image, mask)}`` in a site folder, and the unpaired or duplicated files
+    (``.nii`` beside ``.nii.gz``) and broken links."""
     if not site_dir.is_dir():
         return {}, [Problem(site_dir, "site folder is missing")]
-    images: dict[str, Path] = {}
+    images: dict[str, list[Path]] = {}
     masks: dict[str, list[Path]] = {}
+    problems = []
     for path in sorted(site_dir.iterdir()):
-        stem = next((path.name[: -len(s)] for s in _NIFTI_SUFFIXES if path.name.endswith(s)), None)
-        if stem is None or not path.is_file():
+        stem = next((path.name[: -len(s)] for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
+        if stem is None:
+            continue
+        if not path.is_file():
+            problems += broken_link(path)
             continue
         if stem.lower().endswith(_MASK_SUFFIX):
             masks.setdefault(stem[: -len(_MASK_SUFFIX)], []).append(path)
         else:
-            images[stem] = path
-    problems = [
-        Problem(paths[1], f"second mask for {case} (also {paths[0].name})")
-        for case, paths in masks.items()
-        if len(paths) > 1
-    ]
+            images.setdefault(stem, []).append(path)
+    for kind, found in (("image", images), ("mask", masks)):
+        problems += [
+            Problem(paths[1], f"second {kind} for {case} (also {paths[0].name})")
+            for case, paths in found.items()
+            if len(paths) > 1
+        ]
     problems += [
-        Problem(path, f"image has no mask (expected {case}{_MASK_SUFFIX}.nii.gz)")
-        for case, path in images.items()
+        Problem(paths[0], f"image has no mask (expected {case}{_MASK_SUFFIX}.nii.gz)")
+        for case, paths in images.items()
         if case not in masks
     ]
     problems += [
@@ -72,24 +77,10 @@ def find_cases(site_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[Probl
         for case, paths in masks.items()
         if case not in images
     ]
-    cases = {case: (path, masks[case][0]) for case, path in images.items() if case in masks}
+    cases = {case: (paths[0], masks[case][0]) for case, paths in images.items() if case in masks}
     if not images and not masks:
         problems.append(Problem(site_dir, "no CaseNN.nii.gz volumes found"))
     return cases, problems
-
-
-def _read_volume(path: Path) -> tuple[np.ndarray | None, list[Problem]]:
-    """The voxel array of a NIfTI file as a 3-D array, or the reason it cannot be had."""
-    try:
-        data = np.asanyarray(nib.load(path).dataobj)
-    # Any failure inside nibabel, gzip or numpy means the file is unusable; say so plainly.
-    except Exception as exc:
-        return None, [Problem(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})")]
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        return None, [Problem(path, f"expected a 3-D volume, got shape {data.shape}")]
-    return data, []
 
 
 def _mask_problems(mask: np.ndarray, path: Path) -> list[Problem]:
@@ -97,10 +88,7 @@ def _mask_problems(mask: np.ndarray, path: Path) -> list[Problem]:
     values = np.unique(mask)
     unexpected = values[~np.isin(values, LABELS)]
     if unexpected.size:
-        shown = ", ".join(f"{v:g}" for v in unexpected[:5]) + (
-            ", ..." if unexpected.size > 5 else ""
-        )
-        allowed = ", ".join(map(str, LABELS))
+        shown, allowed = format_values(unexpected), ", ".join(map(str, LABELS))
         return [Problem(path, f"mask has unexpected values {shown} (allowed labels: {allowed})")]
     if not values.any():
         return [Problem(path, "mask is empty (no voxel > 0)")]
@@ -110,8 +98,8 @@ def _mask_problems(mask: np.ndarray, path: Path) -> list[Problem]:
 def _read_case(job: tuple[Path, Path, int | None]) -> Case:
     """Read and check one case; with an image size, also build its samples at that size."""
     image_path, mask_path, image_size = job
-    image, problems = _read_volume(image_path)
-    mask, mask_problems = _read_volume(mask_path)
+    image, _, problems = read_volume(image_path)
+    mask, _, mask_problems = read_volume(mask_path)
     problems += mask_problems
     if problems:
         return Case(problems)
@@ -119,27 +107,16 @@ def _read_case(job: tuple[Path, Path, int | None]) -> Case:
         message = f"mask shape {mask.shape} does not match image shape {image.shape}"
         return Case([Problem(mask_path, f"{message} ({image_path.name})")])
     problems = _mask_problems(mask, mask_path)
-    image = image.astype(np.float32)
-    low, high = image.min(), np.percentile(image, 99)
-    if not np.isfinite(image).all():
-        problems.append(Problem(image_path, "image has NaN or infinite values"))
-    elif high <= low:
-        problems.append(
-            Problem(image_path, "99th-percentile intensity equals the minimum; cannot scale")
-        )
+    image, scale_problems = clip_and_scale(image, image_path)
+    problems += scale_problems
     if problems:
         return Case(problems)
     # nibabel gives [x, y, z]; the authors (SimpleITK) slice [z, y, x], so do the same.
     foreground = mask.transpose(2, 1, 0) > 0
     if image_size is None:
         return Case(foreground=foreground)
-    image = (np.clip(image.transpose(2, 1, 0), None, high) - low) / (high - low)
     centre = np.flatnonzero(foreground.any(axis=(1, 2)))
-    last = image.shape[0] - 1
-    stacked = np.stack(
-        [image[np.maximum(centre - 1, 0)], image[centre], image[np.minimum(centre + 1, last)]],
-        axis=1,
-    )
+    stacked = neighbour_slices(image.transpose(2, 1, 0), centre, 1)
     images, masks = resize(
         torch.from_numpy(stacked), torch.from_numpy(foreground[centre].astype(np.uint8)), image_size
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -26,6 +27,14 @@ def resize(
     images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
     masks = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")
     return images.clamp_(0, 1), masks[:, 0].to(torch.uint8)
+
+
+def neighbour_slices(volume: np.ndarray, centre: np.ndarray, neighbours: int) -> np.ndarray:
+    """``[len(centre), 2n + 1, H, W]``: each ``centre`` slice of ``volume`` ``[Z, H, W]``
+    between its ``n = neighbours`` neighbours on either side, in order, the end slice
+    repeated past either end of the volume (as the authors' prostate preprocessing)."""
+    offsets = np.arange(-neighbours, neighbours + 1)
+    return volume[np.clip(centre[:, None] + offsets[None, :], 0, volume.shape[0] - 1)]
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:

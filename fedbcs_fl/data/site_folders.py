@@ -7,6 +7,7 @@ A loader says how to find the cases in one site folder (``find``) and how to rea
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,14 @@ class Case:
     foreground: np.ndarray | None = None  # bool, native resolution: [H, W] or [slices, H, W]
     images: torch.Tensor | None = None  # uint8 [N, C, S, S]; None when only checked
     masks: torch.Tensor | None = None  # uint8 [N, S, S]
+
+
+def broken_link(path: Path) -> list[Problem]:
+    """A problem for a symbolic link whose target does not exist (none for any other path):
+    a walk that skips what is not a file would otherwise lose the case without a word."""
+    if path.is_symlink() and not path.exists():
+        return [Problem(path, f"broken symbolic link (to {os.readlink(path)})")]
+    return []
 
 
 def select_sites(sites: Sequence[str] | None, valid: Sequence[str]) -> list[str]:

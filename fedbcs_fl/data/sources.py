@@ -2,9 +2,12 @@
 
 A :class:`DataSource` declares its sites, its number of classes, the input channels of its
 images, the run settings it implies where a config leaves them unset (image size,
-optimiser, learning rate, momentum, τ) and how to load and check it. Every engine and
-command reads the model's ``in_channels`` and ``num_classes`` from here, so a new source
-(registered in :data:`DATA_SOURCES`) needs no change anywhere else.
+optimiser, learning rate, momentum, τ) and how to load and check it. A source of your own
+data (``folder``) declares neither sites, classes nor channels: it reads them from the
+data folder. :meth:`DataSource.model_shape` gives a run's ``in_channels`` and
+``num_classes`` either way; ``RunConfig.resolved`` records them in the config, and every
+engine and command builds the model from the config, so a new source (registered in
+:data:`DATA_SOURCES`) needs no change anywhere else.
 
 An unknown name raises ``ValueError`` listing the valid ones.
 
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import nuclei, prostate
+from . import folder, nuclei, prostate
 from .base import SiteData
 from .problems import Report
 from .synthetic import SYNTHETIC_SITES, SYNTHETIC_VERSION, make_synthetic
@@ -53,9 +56,11 @@ class DataSource:
 
     Args:
         name: what ``--dataset`` calls it.
-        sites: its site names in canonical order (one client each).
-        num_classes: classes of its masks, background included.
-        in_channels: channels of its images, i.e. of the model's input.
+        sites: its site names in canonical order (one client each); empty for a source
+            whose sites are the folders of its data root (``list_sites``).
+        num_classes: classes of its masks, background included; None for a source that
+            reads them from its data (``read_shape``).
+        in_channels: channels of its images, i.e. of the model's input; None likewise.
         load: ``load(config, workers)`` gives the sites ``config`` asks for
             (``workers``: processes decoding files, where there are files).
         defaults: the run settings it implies (:class:`RunDefaults`).
@@ -66,22 +71,74 @@ class DataSource:
             (default) for data read from files.
         gray_channel: the channel pictures of it show in gray (e.g. the centre of three
             slices); None (default): its images are shown as RGB.
+        read_shape: ``read_shape(config)`` gives ``(in_channels, num_classes)`` as the
+            data declares them, for a source that declares neither; None (default).
+        list_sites: ``list_sites(data_root)`` gives the site names found there, for a
+            source without fixed ``sites``; None (default).
+        slices: True for a source that stacks ``config.slice_neighbours`` neighbouring
+            slices as channels; default False (the setting must then be 0).
     """
 
     name: str
     sites: tuple[str, ...]
-    num_classes: int
-    in_channels: int
+    num_classes: int | None
+    in_channels: int | None
     load: Callable[[RunConfig, int], list[SiteData]]
     defaults: RunDefaults = field(default_factory=RunDefaults)
     check: Callable[..., Report] | None = None
     version: int | None = None
     gray_channel: int | None = None
+    read_shape: Callable[[RunConfig], tuple[int, int]] | None = None
+    list_sites: Callable[[str | Path], list[str]] | None = None
+    slices: bool = False
 
     @property
     def reads_files(self) -> bool:
         """True when the source is read from a data folder (``--data-root``)."""
         return self.check is not None
+
+    def site_names(self, data_root: str | Path | None) -> list[str]:
+        """The source's sites: the declared ones, or those found in ``data_root``."""
+        if self.list_sites is None:
+            return list(self.sites)
+        if not data_root:
+            raise ValueError(f"--dataset {self.name} finds its sites in --data-root: give it")
+        return self.list_sites(data_root)
+
+    def model_shape(self, config: RunConfig) -> tuple[int, int]:
+        """``(in_channels, num_classes)`` of a run on this source: those ``config`` gives,
+        else the declared ones or, for a source that declares none, those its data
+        declares (read from ``config.data_root``).
+
+        Raises:
+            ValueError: the config contradicts the declaration, sets ``slice_neighbours``
+                for a source without slices, or gives a data-declared source neither the
+                values nor a data root to read them from.
+        """
+        if config.slice_neighbours and not self.slices:
+            raise ValueError(
+                f"slice_neighbours applies to volumes (--dataset folder); {self.name} "
+                f"has fixed channels, got {config.slice_neighbours}"
+            )
+        given = (config.in_channels, config.num_classes)
+        if self.read_shape is None:
+            declared = (self.in_channels, self.num_classes)
+            for name, value, fixed in zip(
+                ("in_channels", "num_classes"), given, declared, strict=True
+            ):
+                if value is not None and value != fixed:
+                    raise ValueError(f"{self.name} has {name} {fixed}; the config says {value}")
+            return declared
+        if None not in given:
+            return given
+        if not config.data_root:
+            raise ValueError(
+                f"--dataset {self.name} reads in_channels and num_classes from its data: give "
+                "--data-root (a Flower ServerApp, which has no data, takes the run config's "
+                "in-channels and num-classes)"
+            )
+        found = self.read_shape(config)
+        return tuple(f if g is None else g for g, f in zip(given, found, strict=True))
 
 
 def _generate(config: RunConfig, workers: int) -> list[SiteData]:
@@ -121,6 +178,24 @@ def _load_prostate(config: RunConfig, workers: int) -> list[SiteData]:
     return prostate.load_prostate(**_reader_arguments(config, workers))
 
 
+def _load_folder(config: RunConfig, workers: int) -> list[SiteData]:
+    """The sites of a folder of your own data, checked against the run's ``in_channels``
+    and ``num_classes`` (a Flower node's data against the run config's)."""
+    found = _folder_shape(config)
+    if found != (config.in_channels, config.num_classes):
+        raise ValueError(
+            f"the data at {config.data_root} has in_channels {found[0]} and num_classes "
+            f"{found[1]} (dataset.json); the run has {config.in_channels} and "
+            f"{config.num_classes}"
+        )
+    arguments = _reader_arguments(config, workers)
+    return folder.load_folder(**arguments, slice_neighbours=config.slice_neighbours)
+
+
+def _folder_shape(config: RunConfig) -> tuple[int, int]:
+    return folder.model_shape(config.data_root, config.sites, config.slice_neighbours)
+
+
 def _load_nuclei(config: RunConfig, workers: int) -> list[SiteData]:
     arguments = _reader_arguments(config, workers)
     return nuclei.load_nuclei(**arguments, intensity=config.nuclei_intensity)
@@ -153,6 +228,16 @@ DATA_SOURCES: dict[str, DataSource] = {
             gray_channel=1,
         ),
         DataSource(
+            "synthetic-prostate-zones",
+            sites=tuple(SYNTHETIC_SITES["synthetic-prostate-zones"]),
+            num_classes=3,
+            in_channels=3,
+            load=_generate,
+            defaults=RunDefaults(tau=0.4),
+            version=SYNTHETIC_VERSION["synthetic-prostate-zones"],
+            gray_channel=1,
+        ),
+        DataSource(
             "prostate",
             sites=prostate.SITES,
             num_classes=2,
@@ -175,9 +260,22 @@ DATA_SOURCES: dict[str, DataSource] = {
             ),
             check=nuclei.check_nuclei,
         ),
+        DataSource(
+            "folder",
+            sites=(),
+            num_classes=None,
+            in_channels=None,
+            load=_load_folder,
+            defaults=RunDefaults(image_size=folder.IMAGE_SIZE),
+            check=folder.check_folder,
+            read_shape=_folder_shape,
+            list_sites=folder.site_names,
+            slices=True,
+        ),
     )
 }
-"""Every data source by name: the embedded synthetic sets, then the public real sets."""
+"""Every data source by name: the embedded synthetic sets, the public real sets, then
+``folder``, your own data in nnU-Net's layout."""
 
 
 def data_source(name: str) -> DataSource:
@@ -196,19 +294,20 @@ def load_sites(config: RunConfig, workers: int = 0) -> list[SiteData]:
     """The sites of ``config.dataset`` (a resolved :class:`~fedbcs_fl.config.RunConfig`).
 
     Real data sets raise :class:`~fedbcs_fl.data.problems.DataError` (a ValueError) listing
-    every problem in the folder. A site whose images have other channels than the source
-    declares raises ``ValueError``: the model is built from the declaration.
+    every problem in the folder. A site whose images have other channels than the run's
+    ``in_channels`` raises ``ValueError``: the model is built from the config.
     """
+    config = config.resolved()
     source = data_source(config.dataset)
     sites = source.load(config, workers)
     for site in sites:
         # Reading a sample may draw an augmentation: leave the global RNG as it was.
         with torch.random.fork_rng(devices=[]):
-            channels = site.train[0][0].shape[0] if len(site.train) else source.in_channels
-        if channels != source.in_channels:
+            channels = site.train[0][0].shape[0] if len(site.train) else config.in_channels
+        if channels != config.in_channels:
             raise ValueError(
                 f"site {site.name} has {channels} channels; {source.name} declares "
-                f"in_channels {source.in_channels}"
+                f"in_channels {config.in_channels}"
             )
     return sites
 

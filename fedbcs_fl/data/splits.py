@@ -62,16 +62,25 @@ def reuse_split(
 ) -> tuple[dict[str, list[str]], list[Problem]]:
     """One site's part of a previously written split, checked against the cases on disk.
 
-    Returns the site's split and the problems: the site missing from the split, a case in
-    two splits, a listed case not on disk, or a case on disk that the split does not list.
+    Returns the site's split and the problems: the site missing from the split, an empty
+    train or test split, a case listed twice or in two splits, a listed case not on disk,
+    or a case on disk that the split does not list.
     """
     if site not in split:
         return {}, [Problem(source, f"split has no entry for site {site}")]
     part = {name: list(split[site].get(name, [])) for name in SPLIT_NAMES}
-    problems = []
+    problems = [
+        Problem(source, f"{site}: the {name} split lists no case")
+        for name in ("train", "test")
+        if not part[name]
+    ]
     listed = [case for name in SPLIT_NAMES for case in part[name]]
     for case in sorted({case for case in listed if listed.count(case) > 1}):
-        problems.append(Problem(source, f"{site}: case {case} is in more than one split"))
+        where = [name for name in SPLIT_NAMES if case in part[name]]
+        if len(where) > 1:
+            problems.append(Problem(source, f"{site}: case {case} is in more than one split"))
+        else:
+            problems.append(Problem(source, f"{site}: case {case} is listed twice in {where[0]}"))
     for case in sorted(set(listed) - set(cases)):
         problems.append(Problem(source, f"{site}: case {case} is listed but not in the data"))
     for case in sorted(set(cases) - set(listed)):

@@ -33,6 +33,10 @@ generators (:data:`SYNTHETIC_VERSION` per data set, recorded in every run's
 ``synthetic-prostate`` (6 sites, 3 slices)
     Three adjacent axial slices of a smooth 3-D gland with T2-like anatomy around it; the
     mask is the gland in the centre slice.
+``synthetic-prostate-zones`` (6 sites, 3 slices, 3 classes)
+    The images of ``synthetic-prostate``, bit for bit; the mask tells the gland's two zones
+    apart: 1 the peripheral zone (the brighter posterior outer shell), 2 the transition
+    zone (the central gland), 0 background.
 
 The numbers were calibrated against targets fixed in advance on FedAvg, site-local and
 pooled training (``fedbcs calibrate-data``; docs/data.md), never on any method's result.
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -61,12 +66,23 @@ from torch.utils.data import TensorDataset
 
 from .base import SiteData
 
-__all__ = ["SITE_SIZES", "SYNTHETIC_SITES", "SYNTHETIC_VERSION", "make_synthetic"]
+__all__ = [
+    "SITE_SIZES",
+    "SYNTHETIC_SITES",
+    "SYNTHETIC_VERSION",
+    "make_synthetic",
+    "synthetic_nbytes",
+]
 
-SYNTHETIC_VERSION: dict[str, int] = {"synthetic-nuclei": 2, "synthetic-prostate": 3}
+SYNTHETIC_VERSION: dict[str, int] = {
+    "synthetic-nuclei": 2,
+    "synthetic-prostate": 3,
+    "synthetic-prostate-zones": 1,
+}
 """Version of each data set's generator; a run's ``config.json`` records it
 (``data_version``). Version 3 of synthetic-prostate darkens site-D's protocol and centres
-the endorectal coil's hot spot on the rectum (docs/data.md)."""
+the endorectal coil's hot spot on the rectum (docs/data.md). Version 1 of
+synthetic-prostate-zones labels the zones of synthetic-prostate version 3."""
 
 # A monotone piecewise-linear intensity curve: output levels at equally spaced inputs
 # 0, 1/(K-1), ..., 1. Levels that reach 1 early clip the highlights; a first level above 0
@@ -435,7 +451,13 @@ _PROSTATE_SITES: dict[str, Site] = {
     ),
 }
 
-_SITES = {"synthetic-nuclei": _NUCLEI_SITES, "synthetic-prostate": _PROSTATE_SITES}
+_SITES = {
+    "synthetic-nuclei": _NUCLEI_SITES,
+    "synthetic-prostate": _PROSTATE_SITES,
+    "synthetic-prostate-zones": _PROSTATE_SITES,
+}
+# A data set drawn from the random streams of another: the same images, other labels.
+_STREAMS_OF = {"synthetic-prostate-zones": "synthetic-prostate"}
 
 SYNTHETIC_SITES: dict[str, list[str]] = {name: list(sites) for name, sites in _SITES.items()}
 """Site names of each synthetic data set, in their canonical order."""
@@ -458,6 +480,18 @@ def site_train_count(name: str, site: str, n_train: int) -> int:
     return max(_MIN_TRAIN, round(_SITES[name][site].size * n_train))
 
 
+def synthetic_nbytes(
+    name: str, n_train: int, n_test: int, image_size: int, sites: list[str] | None = None
+) -> int:
+    """Bytes the images and masks of :func:`make_synthetic` take in memory (float32
+    ``[3, S, S]`` images and int64 ``[S, S]`` masks), for the same arguments."""
+    per_image = image_size * image_size * (3 * 4 + 8)
+    names = SYNTHETIC_SITES[name] if sites is None else sites
+    known = [site for site in names if site in SITE_SIZES[name]]  # make_synthetic names the rest
+    images = sum(site_train_count(name, site, n_train) + n_test for site in known)
+    return images * per_image
+
+
 def make_synthetic(
     name: str,
     seed: int = 0,
@@ -473,7 +507,8 @@ def make_synthetic(
     sites are requested, and train and test are independent draws.
 
     Args:
-        name: ``"synthetic-nuclei"`` or ``"synthetic-prostate"`` (see ``SYNTHETIC_SITES``).
+        name: ``"synthetic-nuclei"``, ``"synthetic-prostate"`` or
+            ``"synthetic-prostate-zones"`` (see ``SYNTHETIC_SITES``).
         seed: non-negative integer; the same seed gives identical tensors. Default 0.
         n_train: mean training images per site; site ``s`` gets
             ``max(2, round(SITE_SIZES[name][s] · n_train))``. Default 24.
@@ -486,7 +521,8 @@ def make_synthetic(
     Returns:
         One :class:`SiteData` per site, whose ``train`` and ``test`` are
         ``TensorDataset(images, masks)``: images float32 ``[N, 3, S, S]`` in [0, 1],
-        masks int64 ``[N, S, S]`` with 0 background and 1 foreground.
+        masks int64 ``[N, S, S]`` with 0 background and 1 foreground (the zones set: 1
+        peripheral, 2 transition zone).
 
     Raises:
         ValueError: unknown data set or site name, or a bad seed, size or count.
@@ -517,7 +553,7 @@ def make_synthetic(
         raise ValueError(f"sites must not repeat, got {sites}")
 
     generate = _GENERATORS[name]
-    dataset_index = list(SYNTHETIC_SITES).index(name)
+    dataset_index = list(SYNTHETIC_SITES).index(_STREAMS_OF.get(name, name))
     result = []
     for site in sites:
         site_index = valid_sites.index(site)
@@ -966,7 +1002,12 @@ def _ellipse(x: torch.Tensor, y: torch.Tensor, cx, cy, ax, ay, softness: float) 
 
 
 def _prostate_content(
-    gen: torch.Generator, n: int, size: int, magnification: float, thickness: float
+    gen: torch.Generator,
+    n: int,
+    size: int,
+    magnification: float,
+    thickness: float,
+    zones: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shared label process, seen with one site's field of view and slice thickness.
 
@@ -982,8 +1023,11 @@ def _prostate_content(
 
     Returns:
         ``image`` float32 ``[n, 3, S, S]`` (T2-like signal, about [0, 1]), ``mask``
-        int64 ``[n, S, S]`` (centre slice) and ``rectum`` (``x``, ``y``), each
-        ``[n, 1, 1, 1]``: the rectum's centre, where an endorectal coil sits.
+        int64 ``[n, S, S]`` (centre slice: 1 the gland; with ``zones``, 1 its peripheral
+        zone, where the posterior shell ``peripheral`` exceeds 0.5, and 2 its transition
+        zone) and ``rectum`` (``x``, ``y``), each ``[n, 1, 1, 1]``: the rectum's centre,
+        where an endorectal coil sits. The zones draw nothing random: the image is the
+        same either way.
     """
     coords = ((torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1) / magnification
     y = coords.view(1, 1, size, 1)
@@ -1053,6 +1097,8 @@ def _prostate_content(
 
     image = background * (1 - gland) + gland_intensity * gland - capsule
     mask = (radial[:, 1] < 1).long()
+    if zones:
+        mask = mask * torch.where(peripheral[:, 1] > 0.5, 1, 2)
     return image.clamp(min=0), mask, (centre_x, rectum_y)
 
 
@@ -1063,6 +1109,7 @@ def _render_prostate(
     size: int,
     site: Site,
     reference: torch.Tensor,
+    zones: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Acquire ``n`` 3-slice images of one site.
 
@@ -1071,10 +1118,11 @@ def _render_prostate(
     rectum), averaged down to the acquisition grid (coarser along the phase-encoding
     axis where the site is anisotropic), given Rician noise ``|I + σ(n₁ + i n₂)|``,
     upsampled bilinearly; then the N/2 ghost, the FDA blend with the site reference, the
-    gain and window, the gamma and the site curve.
+    gain and window, the gamma and the site curve. ``zones``: the mask tells the gland's
+    zones apart (:func:`_prostate_content`).
     """
     image, mask, (rectum_x, rectum_y) = _prostate_content(
-        content_gen, n, size, site.magnification, site.slice_thickness
+        content_gen, n, size, site.magnification, site.slice_thickness, zones
     )
     styles = site.styles
     choice = _choose(style_gen, n, site)
@@ -1127,4 +1175,5 @@ def _render_prostate(
 _GENERATORS = {
     "synthetic-nuclei": _render_nuclei,
     "synthetic-prostate": _render_prostate,
+    "synthetic-prostate-zones": partial(_render_prostate, zones=True),
 }

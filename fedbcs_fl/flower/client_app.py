@@ -22,6 +22,8 @@ from ..algorithms.base import Algorithm
 from ..client import evaluate_site, local_train, make_optimizer, train_loader
 from ..config import RunConfig
 from ..data.base import SiteData
+from ..payload import prototype_sets
+from ..privacy import prototype_privacy
 from .records import (
     METRICS_KEY,
     NUM_EXAMPLES,
@@ -79,8 +81,23 @@ def train(message: Message, context: Context) -> Message:
         loader.generator.set_state(generator_state.get_state())
     state = restore(context.state, ALGORITHM_STATE) or {}
 
+    privacy = prototype_privacy(
+        config,
+        len(prototype_sets(algorithm.uploads)),
+        partition_id,
+        len(site.train),
+        int(message.content["config"]["server-round"]),
+    )
     update = local_train(
-        algorithm, model, optimizer, loader, global_payload, state, config.local_epochs, device
+        algorithm,
+        model,
+        optimizer,
+        loader,
+        global_payload,
+        state,
+        config.local_epochs,
+        device,
+        privacy=privacy,
     )
     update.metrics["received-payload-arrays"] = float(len(global_payload))
     update.metrics["received-prototypes"] = float(algorithm.count_prototypes(global_payload))

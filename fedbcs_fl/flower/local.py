@@ -7,9 +7,15 @@ free ports, with telemetry, the update check and runtime dependency installation
 
 Every process started here, and every process those start (SuperExec, ServerApp and
 ClientApp processes, which Flower puts in sessions of their own), is stopped by PID when
-the deployment ends, also on an error, Ctrl-C or SIGTERM. The run counts as successful
-only if the SuperLink reports it ``finished:completed`` and the ServerApp wrote a record
-for every round and the final model; ``flwr run`` itself exits 0 on failed runs.
+the deployment ends, also on an error, Ctrl-C or SIGTERM; if ``flower-local`` itself is
+killed (SIGKILL), a watchdog process (:mod:`~fedbcs_fl.flower.processes`) stops them and
+removes the private FLWR_HOME. The run counts as successful only if the SuperLink reports
+it ``finished:completed`` and the ServerApp wrote a record for every round and the final
+model; ``flwr run`` itself exits 0 on failed runs. ``flower-local.json`` says how the run
+ended, also when it was stopped by a signal or failed.
+
+Two deployments cannot share a results folder: ``flower-local`` holds ``<out>/logs``
+and the ServerApp holds ``<out>`` (:func:`~fedbcs_fl.run_folder.hold_run_folder`).
 """
 
 from __future__ import annotations
@@ -26,20 +32,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from ..config import RunConfig
-from ..data import SYNTHETIC_SITES
-from ..run_folder import atomic_write_text, holds_run, is_finished, read_records
+from ..data import data_source
+from ..run_folder import (
+    atomic_write_text,
+    hold_run_folder,
+    holds_run,
+    is_finished,
+    read_records,
+)
+from . import processes
+from .processes import descendants, stop_processes
 from .settings import to_run_config
 
 # Seconds between SuperExec polls for new tasks (Flower's default, 1 s, dominates short runs).
 TASK_POLL_INTERVAL = "0.2"
-STOP_GRACE_SECONDS = 5.0
 
 
 def free_port() -> int:
@@ -65,39 +78,6 @@ def _executable(name: str) -> str:
     return found
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid → (parent pid, state) of every process (``ps``, so Linux and macOS)."""
-    lines = subprocess.run(
-        ["ps", "-A", "-o", "pid=,ppid=,stat="], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    table = {}
-    for line in lines:
-        pid, ppid, state = line.split(None, 2)
-        table[int(pid)] = (int(ppid), state.strip())
-    return table
-
-
-def descendants(roots: list[int]) -> set[int]:
-    """``roots`` and every live process below them."""
-    children: dict[int, list[int]] = {}
-    table = _process_table()
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = set(), [p for p in roots if p in table]
-    while stack:
-        pid = stack.pop()
-        if pid not in found:
-            found.add(pid)
-            stack.extend(children.get(pid, []))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
-    state = _process_table().get(pid)
-    return state is not None and not state[1].startswith("Z")
-
-
 class LocalDeployment:
     """SuperLink + SuperNodes on loopback; use as a context manager, then :meth:`run`.
 
@@ -112,10 +92,21 @@ class LocalDeployment:
         self.clients = clients
         self.node_config = node_config
         self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.home = Path(tempfile.mkdtemp(prefix="fedbcs-flwr-home-"))
         self.port = free_port()
         self.processes: list[subprocess.Popen] = []
         self.pids: set[int] = set()  # every PID seen in the deployment's process trees
+        self.run_id: int | None = None
+        with open(self.log_dir / "watchdog.log", "wb") as log:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, processes.__file__, str(self.home)],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # it outlives us, and a Ctrl-C is ours to handle
+                text=True,
+            )
         self.env = os.environ | {
             "FLWR_HOME": str(self.home),
             "FLWR_TELEMETRY_ENABLED": "0",
@@ -129,7 +120,6 @@ class LocalDeployment:
     # ---- processes ---------------------------------------------------------------------
 
     def _start(self, args: list[str], log_name: str) -> subprocess.Popen:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / log_name, "wb") as log:
             process = subprocess.Popen(
                 args,
@@ -141,7 +131,13 @@ class LocalDeployment:
             )
         self.processes.append(process)
         self.pids.add(process.pid)
+        self._tell_watchdog(process.pid)
         return process
+
+    def _tell_watchdog(self, pid: int) -> None:
+        """A process the watchdog must stop if we die (``pid``), or may forget (``-pid``)."""
+        self.watchdog.stdin.write(f"{pid}\n")
+        self.watchdog.stdin.flush()
 
     def _wait_for_port(self, process: subprocess.Popen, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -198,27 +194,17 @@ class LocalDeployment:
 
     def stop(self) -> None:
         """SIGTERM every process of the deployment by PID, SIGKILL what is left after a grace
-        period, and remove the private FLWR_HOME."""
+        period, remove the private FLWR_HOME, and release the watchdog."""
         tree = descendants([p.pid for p in self.processes])
         self.pids |= tree
-        for pid in tree:
-            with suppress(ProcessLookupError):  # exited meanwhile
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline and any(alive(pid) for pid in tree):
-            self._reap()
-            time.sleep(0.1)
-        for pid in tree:
-            if alive(pid):
-                with suppress(ProcessLookupError):  # exited meanwhile
-                    os.kill(pid, signal.SIGKILL)
+        stop_processes(tree)
         for process in self.processes:
             process.wait()
         shutil.rmtree(self.home, ignore_errors=True)
-
-    def _reap(self) -> None:
-        for process in self.processes:
-            process.poll()
+        if not self.watchdog.stdin.closed:
+            self.watchdog.stdin.write(processes.DONE + "\n")
+            self.watchdog.stdin.close()
+        self.watchdog.wait()
 
     def __enter__(self) -> LocalDeployment:
         return self
@@ -229,17 +215,28 @@ class LocalDeployment:
     # ---- the run -------------------------------------------------------------------------
 
     def _flwr(self, *args: str, timeout: float = 120.0) -> str:
-        result = subprocess.run(
+        """Run a ``flwr`` command to its end (it writes into FLWR_HOME, so the watchdog
+        must stop it too before it removes the folder)."""
+        process = subprocess.Popen(
             [_executable("flwr"), *args],
             env=self.env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             text=True,
-            timeout=timeout,
-            check=False,
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"flwr {' '.join(args)} failed: {result.stdout}{result.stderr}")
-        return result.stdout
+        self._tell_watchdog(process.pid)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        finally:
+            self._tell_watchdog(-process.pid)  # reaped: its PID may be reused
+        if process.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed: {stdout}{stderr}")
+        return stdout
 
     def run_status(self, run_id: int) -> str:
         """The SuperLink's status of a run, e.g. ``finished:completed``."""
@@ -271,7 +268,7 @@ class LocalDeployment:
             if run_id is None:
                 match = re.search(r"started run (\d+)", (self.log_dir / "flwr-run.log").read_text())
                 if match:
-                    run_id = int(match.group(1))
+                    run_id = self.run_id = int(match.group(1))
                 elif process.poll() is not None:
                     raise RuntimeError(f"flwr run failed; see {self.log_dir}/flwr-run.log")
             self.pids |= descendants([p.pid for p in self.processes])
@@ -284,7 +281,7 @@ def stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt while inside, so cleanup code runs."""
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -302,18 +299,31 @@ def run_local(
 ) -> dict[str, Any]:
     """Run ``config`` on a local deployment of ``clients`` SuperNodes; results in ``out``.
 
-    Synthetic sets without ``sites`` train on their first ``clients`` sites. Returns the
-    report also written to ``out/flower-local.json``: ``ok``, ``run_id``, ``status``,
-    ``rounds_completed`` and ``pids`` (every process the deployment ran, all stopped).
+    A run without ``sites`` trains on the first ``clients`` sites of its data. Returns the
+    report also written to ``out/flower-local.json``: ``ok``, ``run_id``, ``status`` (the
+    SuperLink's final status, or ``stopped by SIGTERM``, ``stopped by Ctrl-C`` or
+    ``failed: <error>``), ``rounds_completed`` and ``pids`` (every process the deployment
+    ran, all stopped).
+
+    Raises:
+        RunFolderInUse: another deployment or run uses ``out``.
+        ValueError: ``out`` already holds a run, or is no folder this process can write in.
     """
     out = Path(out).resolve()
-    if holds_run(out):
-        raise ValueError(f"{out} already holds a run; choose another --out or delete it")
-    names = config.sites or SYNTHETIC_SITES.get(config.dataset)
-    if names is not None:
-        if len(names) < clients:
-            raise ValueError(f"{clients} clients but only {len(names)} sites: {names}")
-        config = dataclasses.replace(config, sites=list(names[:clients]))
+    with hold_run_folder(out / "logs"):  # this deployment's own files
+        with hold_run_folder(out):  # free now; the ServerApp holds it for the run
+            if holds_run(out):
+                raise ValueError(f"{out} already holds a run; choose another --out or delete it")
+        return _run_local(config, clients, out, fail_partition, timeout)
+
+
+def _run_local(
+    config: RunConfig, clients: int, out: Path, fail_partition: int, timeout: float
+) -> dict[str, Any]:
+    names = config.sites or data_source(config.dataset).site_names(config.data_root)
+    if len(names) < clients:
+        raise ValueError(f"{clients} clients but only {len(names)} sites: {names}")
+    config = dataclasses.replace(config, sites=list(names[:clients]))
     run_config = to_run_config(
         config, out_dir=str(out), min_nodes=clients, fail_partition=fail_partition
     )
@@ -331,7 +341,14 @@ def run_local(
                 report["run_id"], report["status"] = deployment.run(run_config, timeout)
             finally:
                 deployment.stop()
+    except KeyboardInterrupt as stop:
+        report["status"] = f"stopped by {stop.args[0] if stop.args else 'Ctrl-C'}"
+        raise
+    except Exception as error:
+        report["status"] = f"failed: {type(error).__name__}: {error}"
+        raise
     finally:
+        report["run_id"] = deployment.run_id
         rounds = len(read_records(out)) if holds_run(out) else 0
         report["rounds_completed"] = rounds
         report["ok"] = (

@@ -23,9 +23,12 @@ from flwr.supercore import log
 from ..algorithms import build_algorithm
 from ..client import model_weights
 from ..config import RunConfig
+from ..results import dice_line
 from ..run_folder import (
     append_record,
+    console_log,
     default_run_dir,
+    hold_run_folder,
     holds_run,
     save_model,
     write_config,
@@ -61,11 +64,24 @@ def sampling(config: RunConfig, min_nodes: int) -> dict[str, Any]:
 
 
 def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
-    """Run every round on ``grid`` and write the results; returns the round records."""
+    """Run every round on ``grid`` and write the results; returns the round records.
+
+    The results folder is held (:func:`~fedbcs_fl.run_folder.hold_run_folder`) for the
+    whole run: a folder that another run holds, or that already holds a run, is refused
+    before round 1.
+    """
     config = from_run_config(run_config)
     out = output_dir(config, run_config)
-    if holds_run(out):
-        raise ValueError(f"{out} already holds a run; choose another out-dir")
+    with hold_run_folder(out):
+        if holds_run(out):
+            raise ValueError(f"{out} already holds a run; choose another out-dir")
+        with console_log(out):
+            return _run_rounds(grid, run_config, config, out)
+
+
+def _run_rounds(
+    grid: Grid, run_config: Mapping[str, Any], config: RunConfig, out: Path
+) -> list[dict]:
     write_config(out, config)
 
     torch.manual_seed(config.seed)  # the simulator's model initialisation
@@ -78,7 +94,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> list[dict]:
         records.append(record)
         append_record(out, record)
         if "mean_dice" in record:
-            log(INFO, "round %d: mean Dice %.4f", record["round"], record["mean_dice"])
+            log(INFO, "round %d: %s", record["round"], dice_line(record))
 
     strategy = AlgorithmStrategy(
         algorithm,

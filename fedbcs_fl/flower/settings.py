@@ -9,6 +9,11 @@ overridden by ``flwr run --run-config``) has one kebab-case key per setting decl
 location is per node: each SuperNode's node config names its ``partition-id`` and, where
 needed, ``dataset``, ``site`` and the settings declared ``flower="node"`` (``data-root``,
 ``split-file``).
+
+The ServerApp reads no data, so for ``folder`` data (whose classes and channels come from
+each site's ``dataset.json``) the run config gives ``in-channels`` and ``num-classes``;
+``fedbcs flower-local`` fills them in from the data, and every node checks its
+``dataset.json`` against them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import RUN_SETTINGS, RunConfig
-from ..data import SYNTHETIC_SITES, load_sites
+from ..data import data_source, load_sites
 from ..data.base import SiteData
 
 
@@ -123,20 +128,15 @@ def node_site(config: RunConfig, node_config: Mapping[str, Any]) -> tuple[SiteDa
     """This node's site and partition id.
 
     The node config's ``site`` names the site; without it, ``partition-id`` indexes the
-    run's ``sites`` (default: all sites of the data set, in canonical order).
+    run's ``sites`` (default: all sites of the data set, in canonical order; for
+    ``folder``, the folders of the node's ``data-root``, sorted by name).
     """
     partition_id = int(node_config.get("partition-id", 0))
-    names = config.sites or SYNTHETIC_SITES.get(config.dataset)
     if node_config.get("site"):
-        names = [str(node_config["site"])]
-        index = 0
+        names, index = [str(node_config["site"])], 0
     else:
+        names = config.sites or data_source(config.dataset).site_names(config.data_root)
         index = partition_id
-    if names is not None:
-        if not 0 <= index < len(names):
-            raise ValueError(f"partition-id {partition_id} is out of range: sites are {names}")
-        return load_sites(dataclasses.replace(config, sites=[names[index]]))[0], partition_id
-    sites = load_sites(config)
-    if not 0 <= index < len(sites):
-        raise ValueError(f"partition-id {partition_id} is out of range: {len(sites)} sites")
-    return sites[index], partition_id
+    if not 0 <= index < len(names):
+        raise ValueError(f"partition-id {partition_id} is out of range: sites are {names}")
+    return load_sites(dataclasses.replace(config, sites=[names[index]]))[0], partition_id

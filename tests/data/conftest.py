@@ -11,6 +11,7 @@ rectangle on the slices in ``FOREGROUND_SLICES``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -24,9 +25,18 @@ FOREGROUND_SLICES = (0, 2, 5)  # both volume ends, to exercise the clamping
 MASK_X, MASK_Y = slice(1, 3), slice(2, 6)
 
 
-def write_nifti(path: Path, array: np.ndarray) -> Path:
-    """Write ``array`` as a NIfTI-1 file with an identity affine."""
-    nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+def assert_problems(problems, expected: dict[str, str]) -> None:
+    """``problems`` are one per file of ``expected``, ``{file name: part of its message}``."""
+    found = {problem.path.name: problem.message for problem in problems}
+    assert found.keys() == expected.keys(), found
+    for name, part in expected.items():
+        assert part in found[name], found[name]
+
+
+def write_nifti(path: Path, array: np.ndarray, spacing: tuple = (1.0, 1.0, 1.0)) -> Path:
+    """Write ``array`` as a NIfTI-1 file with a diagonal affine of voxel ``spacing``
+    (default: the identity)."""
+    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), path)
     return path
 
 
@@ -109,3 +119,75 @@ def nuclei_root(tmp_path: Path) -> Path:
     (root / "CRC" / "train.txt").write_text("crc0.tif\ncrc1.tif\ncrc2\n")
     (root / "CRC" / "val.txt").write_text("crc3.tif\ncrc4.tif\n\n")
     return root
+
+
+# ---- folder: nnU-Net's raw layout, one folder per site ---------------------------------
+
+FOLDER_SHAPE_2D = (12, 10)
+FOLDER_SHAPE_3D = (6, 8, 10)  # nibabel order; spacing FOLDER_SPACING: sliced along axis 0
+FOLDER_SPACING = (3.0, 1.0, 1.0)
+ZONE_NAMES = ("background", "peripheral", "transition")
+
+
+def folder_case(index: int, shape, classes: int, channel: int = 0) -> tuple:
+    """An image and a label of one case.
+
+    The image's value at a point is ``10·p + index`` with ``p`` the first coordinate (or,
+    for odd channels, its mirror ``shape[0] − 1 − p``): a slice along axis 0 is constant,
+    and after scaling reads ``p / (shape[0] − 1)`` (mirrored for odd channels). The label
+    holds a block of each class k ≥ 1 in band ``2k − 1, 2k`` of axis 1, at ``p ≥ 1``
+    (slice 0 holds background only).
+    """
+    first = np.arange(shape[0], dtype=np.float32)
+    if channel % 2:
+        first = first[::-1]
+    first = first.reshape(-1, *([1] * (len(shape) - 1)))
+    image = np.broadcast_to(10 * first + index, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    for k in range(1, classes):
+        label[(slice(1, None), slice(2 * k - 1, 2 * k + 1), *[slice(2, 6)] * (len(shape) - 2))] = k
+    return image, label
+
+
+def write_folder_site(
+    root: Path,
+    site: str,
+    cases: int = 5,
+    classes: int = 3,
+    channels: int = 1,
+    volumetric: bool = False,
+    held_out: int = 0,
+    spacing: tuple = FOLDER_SPACING,
+) -> Path:
+    """One site folder in nnU-Net's raw layout: ``cases`` labelled training cases
+    (``case0`` ...) and ``held_out`` in imagesTs/labelsTs (``test0`` ...), every channel
+    a file of :func:`folder_case`; 2-D as 8-bit PNG, 3-D as NIfTI with ``spacing``."""
+    site_dir = root / site
+    ending = ".nii.gz" if volumetric else ".png"
+    shape = FOLDER_SHAPE_3D if volumetric else FOLDER_SHAPE_2D
+    names = [("Tr", f"case{i}") for i in range(cases)] + [
+        ("Ts", f"test{i}") for i in range(held_out)
+    ]
+    for index, (part, case) in enumerate(names):
+        for c in range(channels):
+            image, label = folder_case(index, shape, classes, c)
+            _write_folder_file(
+                site_dir / f"images{part}" / f"{case}_{c:04d}{ending}", image, spacing
+            )
+        _write_folder_file(site_dir / f"labels{part}" / f"{case}{ending}", label, spacing)
+    label_names = ZONE_NAMES if classes == 3 else [f"class{k}" for k in range(classes)]
+    declared = {
+        "channel_names": {str(c): f"channel{c}" for c in range(channels)},
+        "labels": {name: k for k, name in enumerate(label_names)},
+        "numTraining": cases,
+        "file_ending": ending,
+    }
+    (site_dir / "dataset.json").write_text(json.dumps(declared))
+    return site_dir
+
+
+def _write_folder_file(path: Path, array: np.ndarray, spacing: tuple) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".nii.gz"):
+        return write_nifti(path, array, spacing)
+    return write_picture(path, array.astype(np.uint8))

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
 from fedbcs_fl.data.nuclei import check_nuclei, load_nuclei
 from fedbcs_fl.data.problems import DataError
 from fedbcs_fl.data.splits import split_of, write_split
-from tests.data.conftest import nuclei_pair, write_nuclei_item, write_picture
+from tests.data.conftest import assert_problems, nuclei_pair, write_nuclei_item, write_picture
 
 
 def test_images_scale_to_unit_range_and_masks_to_foreground(nuclei_root):
@@ -162,11 +164,7 @@ def _bad_domains(root: Path) -> dict[str, str]:
 
 def test_check_lists_every_problem_at_once(tmp_path):
     expected = _bad_domains(tmp_path)
-    report = check_nuclei(tmp_path, sites=["KIRC", "TCIA", "TNBC"])
-    found = {problem.path.name: problem.message for problem in report.problems}
-    assert set(found) == set(expected)
-    for name, part in expected.items():
-        assert part in found[name], found[name]
+    assert_problems(check_nuclei(tmp_path, sites=["KIRC", "TCIA", "TNBC"]).problems, expected)
     with pytest.raises(DataError) as error:
         load_nuclei(tmp_path, sites=["KIRC", "TCIA", "TNBC"], image_size=8)
     assert len(error.value.problems) == len(expected)
@@ -179,3 +177,46 @@ def test_list_entries_must_name_images(nuclei_root):
     message = str(error.value)
     assert "lists nope, which is not an image with a mask" in message
     assert "crc2 is also in train.txt" in message
+
+
+def _palette_mask(path: Path, indices: np.ndarray, palette: list[tuple[int, int, int]]) -> None:
+    """A palette-mode PNG: ``indices`` into ``palette`` (RGB colours)."""
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette([value for colour in palette for value in colour])
+    image.save(path)
+
+
+def test_a_palette_mask_reads_as_its_colours_not_its_indices(tmp_path):
+    _, labels = nuclei_pair(0)
+    nuclei = labels > 0
+    write_nuclei_item(tmp_path / "TNBC", "inverted")
+    # Index 0 is white (nucleus) and index 1 black: read as indices, the mask inverts.
+    _palette_mask(tmp_path / "TNBC" / "masks" / "inverted.png", ~nuclei, [(255,) * 3, (0,) * 3])
+    report = check_nuclei(tmp_path, sites=["TNBC"])
+    assert report.ok, report.format()
+    assert report.sites[0].foreground_pixels == nuclei.sum()
+    write_nuclei_item(tmp_path / "TNBC", "red")
+    _palette_mask(tmp_path / "TNBC" / "masks" / "red.png", nuclei, [(0, 0, 0), (255, 0, 0)])
+    (problem,) = check_nuclei(tmp_path, sites=["TNBC"]).problems
+    assert problem.path.name == "red.png" and "colour mask" in problem.message
+
+
+def _spoil_lists_and_links(root: Path) -> dict[str, str]:
+    """CRC with an empty val.txt and a train.txt naming an image twice, TNBC with a
+    broken link among its images; returns {file name: expected message part}."""
+    (root / "CRC" / "val.txt").write_text("\n")
+    (root / "CRC" / "train.txt").write_text("crc0\ncrc1.tif\ncrc0.tif\n")
+    os.symlink(root / "elsewhere" / "img9.png", root / "TNBC" / "images" / "img9.png")
+    return {
+        "val.txt": "lists no image",
+        "train.txt": "lists crc0 more than once",
+        "img9.png": "broken symbolic link",
+    }
+
+
+def test_empty_lists_repeated_entries_and_broken_links_are_listed_and_refused(nuclei_root):
+    expected = _spoil_lists_and_links(nuclei_root)
+    assert_problems(check_nuclei(nuclei_root, sites=["CRC", "TNBC"]).problems, expected)
+    with pytest.raises(DataError) as error:
+        load_nuclei(nuclei_root, sites=["CRC", "TNBC"], image_size=8)
+    assert_problems(error.value.problems, expected)

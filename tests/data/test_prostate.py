@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.data.conftest import (
     MASK_X,
     MASK_Y,
     VOLUME_SHAPE,
+    assert_problems,
     prostate_volumes,
     write_nifti,
     write_prostate_case,
@@ -228,10 +230,7 @@ def _bad_site(root: Path) -> dict[str, str]:
 def test_check_lists_every_problem_at_once(tmp_path):
     expected = _bad_site(tmp_path)
     report = check_prostate(tmp_path, sites=["ISBI", "UCL"])
-    found = {problem.path.name: problem.message for problem in report.problems}
-    assert set(found) == set(expected)
-    for name, part in expected.items():
-        assert part in found[name], found[name]
+    assert_problems(report.problems, expected)
     assert report.sites[0].cases == 2  # Case00 and Case10 are readable
     assert f"{len(expected)} problem(s)" in report.format()
 
@@ -252,3 +251,30 @@ def test_missing_root_and_too_few_cases(tmp_path):
     write_prostate_case(tmp_path / "HK", "Case00")
     with pytest.raises(DataError, match="too few"):
         load_prostate(tmp_path, sites=["HK"], image_size=8)
+
+
+def test_a_case_in_nii_and_nii_gz_and_broken_links_are_listed_and_refused(prostate_root):
+    write_nifti(prostate_root / "HK" / "Case00.nii", prostate_volumes()[0])  # beside .nii.gz
+    os.symlink(prostate_root / "gone.nii.gz", prostate_root / "HK" / "Case07.nii.gz")
+    expected = {
+        "Case00.nii.gz": "second image for Case00 (also Case00.nii)",
+        "Case07.nii.gz": "broken symbolic link",
+    }
+    assert_problems(check_prostate(prostate_root, sites=["HK"]).problems, expected)
+    with pytest.raises(DataError) as error:
+        load_prostate(prostate_root, sites=["HK"], image_size=8)
+    assert_problems(error.value.problems, expected)
+
+
+def test_a_split_file_with_an_empty_or_repeated_list_is_refused(prostate_root, tmp_path):
+    drawn = split_of(load_prostate(prostate_root, sites=["HK"], image_size=8))["HK"]
+    first = drawn["train"][0]
+    spoiled = {
+        "HK": {"train": [*drawn["train"], first], "val": drawn["val"] + drawn["test"], "test": []}
+    }
+    write_split(spoiled, tmp_path / "split.json")
+    with pytest.raises(DataError) as error:
+        load_prostate(prostate_root, sites=["HK"], image_size=8, split_file=tmp_path / "split.json")
+    message = str(error.value)
+    assert "HK: the test split lists no case" in message, message
+    assert f"HK: case {first} is listed twice in train" in message

@@ -16,15 +16,24 @@ from .._tiny import first_conv_and_head, tiny_config
 SHIPPED = {
     "synthetic-nuclei": (("site-A", "site-B", "site-C", "site-D"), 2, 3),
     "synthetic-prostate": (("site-A", "site-B", "site-C", "site-D", "site-E", "site-F"), 2, 3),
+    "synthetic-prostate-zones": (
+        ("site-A", "site-B", "site-C", "site-D", "site-E", "site-F"),
+        3,
+        3,
+    ),
     "prostate": (("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL"), 2, 3),
     "nuclei": (("TCIA", "CRC", "KIRC", "TNBC"), 2, 3),
 }
 
 
-def test_the_registry_lists_the_four_shipped_sources():
+def test_the_registry_lists_the_shipped_sources_then_your_own_folder():
     declared = {s.name: (s.sites, s.num_classes, s.in_channels) for s in DATA_SOURCES.values()}
-    assert declared == SHIPPED
-    assert [s.name for s in DATA_SOURCES.values() if s.reads_files] == ["prostate", "nuclei"]
+    assert declared == SHIPPED | {"folder": ((), None, None)}  # folder reads them
+    assert [s.name for s in DATA_SOURCES.values() if s.reads_files] == [
+        "prostate",
+        "nuclei",
+        "folder",
+    ]
 
 
 @pytest.mark.parametrize("name", list(SHIPPED))
@@ -47,14 +56,17 @@ def test_loaded_sites_have_the_declared_channels_and_classes(name, request):
     ids=["registry", "config"],
 )
 def test_an_unknown_source_is_refused_with_the_valid_names(entry):
-    valid = "valid: synthetic-nuclei, synthetic-prostate, prostate, nuclei"
+    valid = (
+        "valid: synthetic-nuclei, synthetic-prostate, synthetic-prostate-zones, prostate, "
+        "nuclei, folder"
+    )
     with pytest.raises(ValueError, match=f"unknown dataset 'mnist'; {valid}$"):
         entry("mnist")
 
 
 def test_check_data_refuses_a_generated_source_naming_those_it_reads():
     with pytest.raises(
-        ValueError, match="check-data reads real data sets; valid: prostate, nuclei"
+        ValueError, match="check-data reads real data sets; valid: prostate, nuclei, folder"
     ):
         check_data("synthetic-nuclei", "/nowhere")
 

@@ -14,7 +14,7 @@ import torch
 from scipy import ndimage
 
 from fedbcs_fl.config import RunConfig
-from fedbcs_fl.data import load_sites, synthetic
+from fedbcs_fl.data import data_source, load_sites, synthetic
 from fedbcs_fl.data.plots import save_site_grid
 from fedbcs_fl.data.synthetic import SITE_SIZES, SYNTHETIC_SITES, make_synthetic
 
@@ -85,7 +85,7 @@ def test_shapes_dtypes_and_ranges(name, image_size):
             images, masks = _tensors(site, split)
             assert torch.isfinite(images).all()
             assert images.min() >= 0 and images.max() <= 1
-            assert set(masks.unique().tolist()) == {0, 1}
+            assert set(masks.unique().tolist()) == set(range(data_source(name).num_classes))
 
 
 def test_default_sizes_are_unequal_and_average_n_train():
@@ -317,3 +317,20 @@ def test_sharpening_is_the_same_filter_at_every_image_size(size):
     at_cutoff = transfer[0, column]  # the same cycles per image at every size
     expected = 1 + 0.8 * (1 - math.exp(-((column / 64 / synthetic._SHARPEN_CUTOFF) ** 2)))
     assert at_cutoff.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_zones_set_labels_the_two_zones_of_the_prostate_images():
+    zones = make_synthetic("synthetic-prostate-zones", seed=5, n_train=12, n_test=2)
+    binary = make_synthetic("synthetic-prostate", seed=5, n_train=12, n_test=2)
+    for with_zones, gland in zip(zones, binary, strict=True):
+        for split in ("train", "test"):
+            (images, masks), (gland_images, gland_masks) = (
+                _tensors(with_zones, split),
+                _tensors(gland, split),
+            )
+            assert torch.equal(images, gland_images)  # the same images, bit for bit
+            assert torch.equal(masks > 0, gland_masks > 0)  # the zones split the gland
+        images, masks = _tensors(with_zones)
+        centre = images[:, 1]
+        # The peripheral zone (1) is the brighter one on T2, on every site.
+        assert centre[masks == 1].mean() > centre[masks == 2].mean(), with_zones.name

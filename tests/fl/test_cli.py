@@ -36,8 +36,11 @@ def test_train_writes_results_and_reloads(tmp_path, capsys, method):
     expected_protos = 4 if method == "fedbcs" else 0
     assert set(records[-1]["prototypes_uploaded"].values()) == {expected_protos}
     assert "| Method |" in (run / "summary.md").read_text()
+    printed = capsys.readouterr().out
+    log = (run / "train.log").read_text()
+    assert printed.strip() and printed.strip() in log  # what the console showed
+    assert (run / "tensorboard").is_dir()
 
-    capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run / "model.safetensors")]) == 0
     printed = capsys.readouterr().out
     for site, dice in records[-1]["dice"].items():

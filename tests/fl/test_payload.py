@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedbcs_fl.algorithms import METHODS
+from fedbcs_fl.algorithms import METHODS, build_algorithm
 from fedbcs_fl.algorithms.base import ClientUpdate
 from fedbcs_fl.algorithms.fedproto import FedProto
-from fedbcs_fl.payload import PrototypeSet, prototype_sets
+from fedbcs_fl.payload import PrototypeSet, payload_problem, prototype_sets
 from fedbcs_fl.round import aggregate_round
 from fedbcs_fl.screening import ScreeningPolicy
 
@@ -302,3 +302,21 @@ def test_metrics_that_are_not_finite_numbers_are_rejected(metrics, reason):
 )
 def test_weights_or_a_count_of_another_type_are_rejected(replaced, reason):
     assert_rejected(run_round("fedavg", **replaced), reason)
+
+
+@pytest.mark.parametrize("name", PROTOTYPE_METHODS)
+def test_class_ids_are_checked_against_the_runs_number_of_classes(name):
+    """Three classes (synthetic-prostate-zones): ids 0–2 pass, 3 does not; with two, 2
+    does not either."""
+    three = build_algorithm(tiny_config(name, dataset="synthetic-prostate-zones"))
+    two = tiny_algorithm(name)
+    for algorithm, classes in ((three, 3), (two, 2)):
+        payload = dict(bad_payload(name))
+        for prototypes in prototype_sets(algorithm.uploads):
+            rows = torch.zeros(classes + 1, algorithm.prototype_dim(prototypes))
+            payload[prototypes.rows] = rows
+            payload[prototypes.labels] = torch.arange(classes + 1)
+            reason = payload_problem(payload, algorithm)
+            assert reason == f"payload {prototypes.labels} holds class ids outside [0, {classes})"
+            payload[prototypes.labels] = torch.arange(classes + 1).clamp(max=classes - 1)
+        assert payload_problem(payload, algorithm) is None

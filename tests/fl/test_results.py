@@ -1,9 +1,12 @@
-"""Which round a table reports: the final one by default, the best one beside it."""
+"""Which round a table reports (the final one by default, the best one beside it), and a
+column per class where a run segments several foreground classes."""
 
 import pytest
 
+from fedbcs_fl.config import RunConfig
 from fedbcs_fl.results import (
     BEST_ROUND_CAPTION,
+    CLASS_NOTE,
     FINAL_ROUND_CAPTION,
     best_round,
     final_round,
@@ -11,7 +14,7 @@ from fedbcs_fl.results import (
     table1,
     verdict,
 )
-from fedbcs_fl.run_folder import write_summary
+from fedbcs_fl.run_folder import write_run_summary, write_summary
 
 
 def _record(round_index, dice=None):
@@ -77,3 +80,86 @@ def test_compare_table1_at_the_final_or_each_seeds_best_round():
     assert final[2] == "| fedbcs | 40.00 ± 10.00 | 50.00 ± 0.00 | 45.00 ± 5.00 | - |"
     best = table1(results, ["A", "B"], pick=best_round).splitlines()
     assert best[2] == "| fedbcs | 75.00 ± 15.00 | 85.00 ± 5.00 | 80.00 ± 10.00 | - |"
+
+
+def _surface_record(round_index, dice, hd95):
+    record = _record(round_index, dice)
+    record["mean_dice"] = sum(dice) / len(dice)
+    record["hd95"] = dict(zip("AB", hd95, strict=True))
+    return record
+
+
+def test_surface_tables_mark_the_lowest_distance_best_and_skip_nan():
+    runs = {
+        "near": [[_surface_record(1, (0.5, 0.5), (2.0, float("nan")))]],
+        "far": [[_surface_record(1, (0.5, 0.5), (9.0, 5.0))]],
+    }
+    text = table1(runs, ["A", "B"], baseline="far", metric="hd95")
+    assert "| near | **2.00 ± 0.00** | nan | **2.00 ± 0.00** | -5.00 |" in text
+    assert "| far | <u>9.00 ± 0.00</u> | **5.00 ± 0.00** | <u>7.00 ± 0.00</u> | - |" in text
+
+
+def test_the_run_summary_holds_every_metric_with_its_delta_the_settings_and_communication(
+    tmp_path,
+):
+    from fedbcs_fl.config import RunConfig
+    from fedbcs_fl.run_folder import append_record, write_config, write_run_summary
+
+    base, run = tmp_path / "fedavg", tmp_path / "fedbcs"
+    for folder, method, dice, hd in ((base, "fedavg", 0.4, 8.0), (run, "fedbcs", 0.6, 3.0)):
+        write_config(folder, RunConfig(method=method).resolved())
+        record = _surface_record(1, (dice, dice), (hd, hd))
+        record["assd"] = {"A": hd / 2, "B": hd / 2}
+        record.update(seconds=61.0, bytes_up={"A": 2e6, "B": 2e6}, bytes_down=1e6)
+        append_record(folder, record)
+    config = RunConfig(method="fedbcs", rounds=1).resolved()
+    text = write_run_summary(run, config, [record], baseline=base)
+    summary = (run / "summary.md").read_text()
+    assert text in summary
+    final = text.split(BEST_ROUND_CAPTION)[0]
+    assert "| fedbcs | 60.00 | 60.00 | 60.00 | +20.00 | 1 |" in final
+    assert "HD95 (px)" in final and "| fedbcs | 3.00 | 3.00 | 3.00 | -5.00 | 1 |" in final
+    assert "ASSD (px)" in final and "| fedbcs | 1.50 | 1.50 | 1.50 | -2.50 | 1 |" in final
+    assert "Wall time 1 min 1 s" in summary
+    assert "1 rounds of 1 local epoch(s), seed 0, adam lr" in summary
+    assert "2.000 MB up per client, 1.000 MB down per client" in summary
+
+
+def test_the_dice_plot_draws_the_baselines_mean_beside_the_runs(monkeypatch):
+    from fedbcs_fl import results
+
+    drawn = {}
+    monkeypatch.setattr(results, "line_plot", lambda curves, *a, **k: drawn.update(c=curves))
+    run = [_surface_record(1, (0.5, 0.7), (1, 1)), _surface_record(2, (0.6, 0.8), (1, 1))]
+    base = [_surface_record(1, (0.2, 0.4), (1, 1)), _surface_record(2, (0.3, 0.5), (1, 1))]
+    results.plot_dice(run, baseline=("fedavg (baseline)", base))
+    labels = [curve[0] for curve in drawn["c"]]
+    assert labels == ["A", "B", "mean", "fedavg (baseline) mean"]
+    assert drawn["c"][-1][1] == [1, 2] and drawn["c"][-1][2] == pytest.approx([30.0, 40.0])
+    assert drawn["c"][0][3]["alpha"] < 0.5  # sites in light lines
+
+
+def _three_class_record(round_index, per_site):
+    """An evaluated record of two sites and two foreground classes: ``per_site`` gives each
+    site's (class 1, class 2) Dice; each site's Dice is their mean, as the metrics give."""
+    by_site = {s: {"1": d1, "2": d2} for s, (d1, d2) in zip("AB", per_site, strict=True)}
+    dice = {s: (d1 + d2) / 2 for s, (d1, d2) in zip("AB", per_site, strict=True)}
+    mean = sum(dice.values()) / len(dice)
+    return {"round": round_index, "dice": dice, "mean_dice": mean, "dice_per_class": by_site}
+
+
+def test_tables_add_a_column_per_class_where_there_are_several(tmp_path):
+    run = [_three_class_record(1, ((0.8, 0.4), (0.6, 0.2)))]
+    table = table1({"fedbcs": [run]}, ["A", "B"], baseline=None, spread=False)
+    # class 1 averages 0.8 and 0.6 over the sites, class 2 0.4 and 0.2.
+    assert "| Method | A | B | AVG | class 1 | class 2 |" in table
+    assert "| fedbcs | 60.00 | 40.00 | 50.00 | 70.00 | 30.00 |" in table
+    binary = table1({"fedbcs": [RUN]}, ["A", "B"], baseline=None, spread=False)
+    assert "class" not in binary
+    config = RunConfig(dataset="synthetic-prostate-zones", rounds=1).resolved()
+    write_run_summary(tmp_path, config, run)
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        CLASS_NOTE in summary
+        and "| fedbcs | 60.00 | 40.00 | 50.00 | 70.00 | 30.00 | 1 |" in summary
+    )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +29,7 @@ from fedbcs_fl.algorithms import build_algorithm
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
 from fedbcs_fl.flower import client_app, server_app
-from fedbcs_fl.flower.local import alive
+from fedbcs_fl.flower.processes import DONE, alive, descendants, stop_processes, watch
 from fedbcs_fl.flower.records import (
     CONFIG_KEY,
     PAYLOAD_KEY,
@@ -44,7 +46,7 @@ from fedbcs_fl.flower.settings import (
     to_run_config,
 )
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
-from fedbcs_fl.run_folder import read_config, read_records
+from fedbcs_fl.run_folder import LOCK_FILE, read_config, read_records
 from fedbcs_fl.simulation import Simulation
 from fedbcs_models import UNet
 
@@ -157,12 +159,13 @@ def _flower_task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
-def _client_context(config, partition: int) -> Context:
-    """The Context a SuperNode gives the ClientApp of ``partition`` in run 1."""
+def _client_context(config, partition: int, **node) -> Context:
+    """The Context a SuperNode gives the ClientApp of ``partition`` in run 1; ``node``
+    adds to its node config (e.g. ``{"data-root": ...}``)."""
     return Context(
         run_id=1,
         node_id=1,
-        node_config={"partition-id": partition},
+        node_config={"partition-id": partition, **node},
         state=RecordDict(),
         run_config=to_run_config(config),
     )
@@ -209,23 +212,60 @@ def test_the_server_app_sends_the_model_its_source_declares(
     assert sent.value.args[0] == (1, 3)
 
 
-def test_the_client_app_trains_the_model_its_source_declares(three_class_source, monkeypatch):
-    _flower_task_identity(monkeypatch)
-    config = tiny_config("fedavg", dataset=three_class_source.name)
-    model = UNet(in_channels=1, classes=3, init_features=config.init_features)
+def _train_instruction(in_channels: int, classes: int, init_features: int) -> Message:
+    """A round-1 train instruction carrying a fresh UNet of that shape."""
+    model = UNet(in_channels=in_channels, classes=classes, init_features=init_features)
     content = RecordDict(
         {
             WEIGHTS_KEY: ArrayRecord(torch_state_dict=model.state_dict()),
             PAYLOAD_KEY: ArrayRecord(),
-            CONFIG_KEY: ConfigRecord(),
+            CONFIG_KEY: ConfigRecord({"server-round": 1}),  # as the strategy sends it
         }
     )
-    message = Message(content, dst_node_id=1, message_type="train")
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def test_the_client_app_trains_the_model_its_source_declares(three_class_source, monkeypatch):
+    _flower_task_identity(monkeypatch)
+    config = tiny_config("fedavg", dataset=three_class_source.name)
+    message = _train_instruction(1, 3, config.init_features)
     context = _client_context(config, 1)
     reply = client_app.train(message, context)  # loads the weights into the model it built
     weights = reply.content.array_records[WEIGHTS_KEY].to_torch_state_dict()
     assert first_conv_and_head(weights) == (1, 3)
     assert reply.content.config_records[SITE_KEY]["name"] == "south"
+
+
+def test_folder_data_on_supernodes_and_a_server_without_data(monkeypatch, tmp_path):
+    """Each hospital's node names its folder and site; the ServerApp, which reads no data,
+    builds the model from the run config's in-channels and num-classes."""
+    from tests.data.conftest import write_folder_site
+
+    _flower_task_identity(monkeypatch)
+    root = tmp_path / "data"
+    for site in ("north", "south"):
+        write_folder_site(root, site, cases=4, classes=3)
+    config = tiny_config("fedavg", dataset="folder", data_root=str(root))
+    run_config = to_run_config(config, out_dir=str(tmp_path / "run"))
+    assert (run_config["in-channels"], run_config["num-classes"]) == (1, 3)
+    server = from_run_config(run_config)
+    assert server.data_root is None and first_conv_and_head(
+        build_algorithm(server).build_model().state_dict()
+    ) == (1, 3)
+    without = {**run_config, "in-channels": 0, "num-classes": 0}
+    with pytest.raises(ValueError, match="takes the run config's in-channels and num-classes"):
+        from_run_config(without)
+    message = _train_instruction(1, 3, config.init_features)
+    node = {"data-root": str(root), "site": "south"}
+    reply = client_app.train(message, _client_context(config, 0, **node))
+    assert reply.content.config_records[SITE_KEY]["name"] == "south"
+    weights = reply.content.array_records[WEIGHTS_KEY].to_torch_state_dict()
+    assert first_conv_and_head(weights) == (1, 3)
+    wrong = to_run_config(dataclasses.replace(config, num_classes=4))
+    context = _client_context(config, 0, **node)
+    context.run_config = wrong
+    with pytest.raises(ValueError, match="has in_channels 1 and num_classes 3"):
+        client_app.train(message, context)
 
 
 def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatch):
@@ -254,9 +294,27 @@ def test_the_server_app_renames_every_file_into_place_whole(tmp_path, monkeypatc
     assert server_app.run_server(None, to_run_config(config, out_dir=str(out))) == canned
     whole = {path.name for path in renamed if path.parent == out}
     assert whole == {"config.json", "summary.md", "dice.png", "model.safetensors"}
-    assert {path.name for path in out.iterdir()} == whole | {"metrics.jsonl"}
+    appended = {"metrics.jsonl", "train.log", "tensorboard", LOCK_FILE}  # not renamed
+    assert {path.name for path in out.iterdir()} == whole | appended
     assert read_config(out) == config and read_records(out) == canned
     assert (out / "summary.md").read_text().startswith("# fedavg on synthetic-nuclei (Flower)")
+
+
+def test_the_watchdog_stops_what_its_parent_started_unless_told_it_is_done(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    watch(home, iter([f"{sleeper.pid}\n"]))  # the parent died: its pipe just ended
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+    assert not home.exists()
+    home.mkdir()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    watch(home, iter([f"{sleeper.pid}\n", f"{DONE}\n"]))  # the parent stopped them itself
+    assert sleeper.poll() is None and home.exists()
+    watch(home, iter([f"{sleeper.pid}\n", f"-{sleeper.pid}\n"]))  # reaped, so forgotten
+    assert sleeper.poll() is None
+    sleeper.kill()
+    sleeper.wait()
 
 
 # ---- real deployments ----------------------------------------------------------------------
@@ -328,3 +386,63 @@ def test_a_client_that_raises_is_reported_and_the_round_completes(faulty_run):
     assert (out / "model.safetensors").exists()
     report = json.loads((out / "flower-local.json").read_text())
     assert not [pid for pid in report["pids"] if alive(pid)]
+
+
+@pytest.fixture
+def started_flower_local(tmp_path):
+    """A long ``fedbcs flower-local`` (temporary files in ``tmp_path/tmp``), once its
+    ServerApp has begun the run, when every kind of process of the deployment runs:
+    (process, out, tmp). Whatever the test leaves running is stopped afterwards."""
+    tmp, out = tmp_path / "tmp", tmp_path / "run"
+    tmp.mkdir()
+    command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *tiny_argv("fedavg")]
+    process = subprocess.Popen(
+        [*command, "--rounds", "100", "--out", str(out)],
+        cwd=ROOT,
+        env=os.environ | {"TMPDIR": str(tmp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen = {process.pid}
+    try:
+        deadline = time.monotonic() + 900
+        while not (out / "config.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no run began"
+            seen |= descendants([process.pid])
+            time.sleep(1)
+        time.sleep(5)  # the ServerApp's round 1 asks the ClientApps
+        yield process, out, tmp
+    finally:
+        stop_processes(seen | descendants(seen))
+        process.wait()
+
+
+def _left_running(pids: set[int], seconds: float) -> list[int]:
+    """The processes of ``pids`` still running after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while [pid for pid in pids if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [pid for pid in pids if alive(pid)]
+
+
+@pytest.mark.e2e
+def test_flower_local_killed_leaves_no_process_and_no_temporary_folder(started_flower_local):
+    process, _, tmp = started_flower_local
+    tree = descendants([process.pid])
+    assert len(tree) >= 6  # flower-local, its watchdog, SuperLink, 2 SuperNodes, flwr run, ...
+    process.kill()
+    process.wait()
+    assert _left_running(tree, 60) == []
+    assert list(tmp.glob("fedbcs-flwr-home-*")) == []
+
+
+@pytest.mark.e2e
+def test_flower_local_stopped_by_sigterm_says_so(started_flower_local):
+    process, out, _ = started_flower_local
+    tree = descendants([process.pid])
+    process.terminate()
+    assert process.wait(timeout=120) == 130
+    assert _left_running(tree, 30) == []
+    report = json.loads((out / "flower-local.json").read_text())
+    assert report["status"] == "stopped by SIGTERM" and not report["ok"]
+    assert report["run_id"] is not None

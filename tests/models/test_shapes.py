@@ -6,7 +6,14 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from fedbcs_models import CDPAModel, FeatureTaps, UNet, fsr_stage_numbers, insert_fsr
+from fedbcs_models import (
+    CDPAModel,
+    FeatureTaps,
+    UNet,
+    fsr_stage_numbers,
+    insert_fsr,
+    tappable_module,
+)
 
 CLASSES = 3
 PROTO_DIM = 8
@@ -82,6 +89,34 @@ class BaseModelTester:
             fsr = model.backbone.encoder_fsr[f"stage{stage}"]
             assert fsr.channels == model.backbone.encoder.out_channels[stage]
 
+    def test_fsr_inputs_and_outputs_are_tapped(self, model):
+        """Each FSR's input, and its output, which is the encoder level of its stage."""
+        taps = model.taps
+        tapped = taps.forward_with_levels(torch.randn(2, taps.in_channels, 64, 64))
+        assert list(tapped.fsr) == list(self.fsr_stages)
+        for stage, (before, after) in tapped.fsr.items():
+            assert after is tapped.encoder[taps.encoder_stages.index(stage)]
+            fsr = model.backbone.encoder_fsr[f"stage{stage}"]
+            torch.testing.assert_close(after, fsr(before))
+            assert not torch.allclose(before, after)
+
+    def test_taps_found_inside_a_wrapper_and_run_through_it(self, model):
+        """The network inside the CDPA wrapper is found; a wrapper that changes the input
+        runs, and the taps see what the network got."""
+        assert tappable_module(model) is model.backbone
+        x = torch.randn(2, model.taps.in_channels, 64, 64)
+        doubled = torch.nn.Sequential(_Double(), model.backbone)
+        through = model.taps.forward_with_levels(x, through=doubled)
+        direct = model.taps.forward_with_levels(2 * x)
+        torch.testing.assert_close(through.output, doubled(x))
+        torch.testing.assert_close(through.bottleneck, direct.bottleneck)
+        torch.testing.assert_close(through.decoder[0], direct.decoder[0])
+
+
+class _Double(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
 
 class TestUNet(BaseModelTester):
     @classmethod
@@ -139,3 +174,13 @@ def test_unknown_decoder_lists_the_valid_ones():
     model = smp.Linknet("resnet18", encoder_weights=None)
     with pytest.raises(TypeError, match="valid: UNetDecoder, UnetDecoder"):
         FeatureTaps(model)
+    with pytest.raises(TypeError, match="valid decoders: UNetDecoder, UnetDecoder"):
+        tappable_module(torch.nn.Sequential(model))
+
+
+def test_encoder_stages_number_the_levels_as_insert_fsr_does():
+    assert FeatureTaps(UNet(init_features=8)).encoder_stages == [1, 2, 3, 4]
+    taps = FeatureTaps(
+        smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(16, 8, 8))
+    )
+    assert taps.encoder_stages == [1, 2, 3]
