@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from .aggregation import AGGREGATIONS
 from .algorithms import METHODS, all_algorithms
 from .config import RunConfig
 from .data import DATA_SOURCES, NUCLEI_INTENSITIES, data_source, file_sources
@@ -134,6 +135,24 @@ def _add_run_arguments(p: argparse.ArgumentParser, method_arguments: bool = True
         help="reject updates this many times the median norm (0: off)",
     )
     p.add_argument("--screen-max-examples", type=_positive_int, default=d.screen_max_examples)
+    p.add_argument(
+        "--screen-count-factor",
+        type=float,
+        default=d.screen_count_factor,
+        help="count a site's examples at most this many times the median of the others' (0: off)",
+    )
+    p.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        default=d.aggregation,
+        help="of the model weights: the method's mean, or a robust rule (docs/reliability.md)",
+    )
+    p.add_argument(
+        "--stall-rounds",
+        type=_positive_int,
+        default=d.stall_rounds,
+        help="stop with an error after this many rounds in a row with no reply aggregated",
+    )
     p.add_argument("--inject-faults", help="fault drill, e.g. site-B:nan@2 (docs/reliability.md)")
     if not method_arguments:
         return

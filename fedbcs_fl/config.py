@@ -63,6 +63,9 @@ class RunConfig:
     client_timeout: float | None = None
     screen_norm_factor: float = 10.0
     screen_max_examples: int = 10_000_000
+    screen_count_factor: float = 4.0  # a site counts ≤ this × the others' median count
+    aggregation: str = "mean"  # of the weights: mean (the method's), median, trimmed-mean, krum
+    stall_rounds: int = 3  # stop after this many rounds in a row with nothing aggregated
     inject_faults: str | None = None
     data_version: int | None = None  # the synthetic generators' version; None: real data
     method_options: dict = field(default_factory=dict)

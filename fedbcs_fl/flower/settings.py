@@ -43,6 +43,8 @@ FLAT_FIELDS = (
     "init_features",
     "device",
     "eval_every",
+    "aggregation",
+    "stall_rounds",
 )
 # Flat fields whose None is written 0 (0 is never a valid value of theirs); other None
 # fields are written "".

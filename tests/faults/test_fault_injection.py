@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedbcs_fl.algorithms import METHODS
-from fedbcs_fl.faults import PROTOTYPE_KINDS, FaultInjector, parse_faults
+from fedbcs_fl.faults import PROTOTYPE_KINDS, VALUE_KINDS, FaultInjector, parse_faults
 from fedbcs_fl.payload import prototype_sets
 from fedbcs_fl.round import aggregate_round
 from fedbcs_fl.screening import ScreeningPolicy
@@ -131,7 +131,7 @@ def test_bad_fault_spec():
     fedavg = tiny_algorithm("fedavg")
     with pytest.raises(ValueError, match="unknown fault kind 'explode'"):
         parse_faults("site-A:explode@1", fedavg)
-    with pytest.raises(ValueError, match="CLIENT:KIND@ROUND"):
+    with pytest.raises(ValueError, match=r"CLIENT:KIND\[=VALUE\]@ROUNDS"):
         parse_faults("site-A-nan", fedavg)
 
 
@@ -151,8 +151,9 @@ def test_prototype_drills_run_for_every_prototype_method(name, kind):
     site, and the round aggregates exactly the honest others."""
     algorithm = tiny_algorithm(name)
     weights, replies = round_one_replies(algorithm)
-    injector = FaultInjector(f"{FAULTY}:{kind}@1", algorithm)
-    drilled = [(site, injector.corrupt(site, 1, update)) for site, update in replies]
+    drill = f"{kind}=1000" if kind in VALUE_KINDS else kind
+    injector = FaultInjector(f"{FAULTY}:{drill}@1", algorithm)
+    drilled = [(site, injector.corrupt(site, 1, update, weights)) for site, update in replies]
     clients = [site for site, _ in replies]
     result = aggregate_round(algorithm, 1, clients, drilled, {}, weights, {}, ScreeningPolicy())
     assert list(result.record["rejected"]) == [FAULTY], result.record["rejected"]
