@@ -84,7 +84,9 @@ def robust_aggregate(
     if rule == "trimmed-mean":
         merged = {key: _trimmed_mean(values) for key, values in stacked.items()}
     elif rule in ("median", "krum"):
-        from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median
+        with warnings.catch_warnings():  # Flower's command-line modules warn at import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median
 
         results = [([stacked[key][i].numpy() for key in keys], 1) for i in range(len(states))]
         if rule == "median":
