@@ -82,6 +82,10 @@ def test_baseline_delta_in_summary(tmp_path):
         (["train", "--dice-loss-classes", "background"], "invalid choice: 'background'"),
         (["train", "--nuclei-intensity", "unit"], "invalid choice: 'unit'"),
         (["train", "--dataset", "prostate"], "give --data-root"),
+        (["train", "--aggregation", "mode"], "invalid choice: 'mode'"),
+        (["train", "--stall-rounds", "0"], "must be a positive integer"),
+        (["train", "--inject-faults", "site-X:nan@1"], "names 'site-X', not a client of this run"),
+        (["train", "--inject-faults", "site-B:reverse@1"], "reverse needs a value, reverse=F"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
