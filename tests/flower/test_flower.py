@@ -122,6 +122,14 @@ def test_run_config_round_trip_and_pyproject_defaults():
         from_run_config(defaults["config"], {"dataset": "prostate"})
 
 
+def test_run_config_carries_the_robustness_settings():
+    config = RunConfig(aggregation="krum", stall_rounds=5, screen_count_factor=2.0).resolved()
+    flat = to_run_config(config)
+    assert (flat["aggregation"], flat["stall-rounds"]) == ("krum", 5)
+    assert json.loads(flat["extra-config"])["screen_count_factor"] == 2.0
+    assert from_run_config(flat) == config
+
+
 def test_run_config_carries_the_fidelity_settings_and_a_zero_momentum():
     config = RunConfig(
         dataset="synthetic-prostate",
