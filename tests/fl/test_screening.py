@@ -248,52 +248,46 @@ def broken_tensor(draw, value: torch.Tensor):
 
 @st.composite
 def broken_dict(draw, tensors: dict):
-    """``tensors`` with some entries broken, dropped or added, or no dict at all."""
+    """``tensors`` with an entry or a few broken, dropped or added, or no dict at all."""
     if draw(st.integers(0, 9)) == 0:
         return draw(JUNK)
     out = dict(tensors)
-    for key in draw(st.lists(st.sampled_from(sorted(out)), max_size=3)) if out else []:
-        choice = draw(st.integers(0, 4))
-        if choice == 0:
+    keys = sorted(out)
+    broken = [draw(st.sampled_from(keys))] if keys else []
+    broken += draw(st.lists(st.sampled_from(keys), max_size=2)) if keys else []
+    for key in broken:
+        value = out.get(key)
+        if draw(st.integers(0, 4)) == 0:
             out.pop(key, None)
+        elif isinstance(value, torch.Tensor) and value.layout == torch.strided:
+            out[key] = draw(broken_tensor(value))
         else:
-            value = out.get(key)
-            dense = isinstance(value, torch.Tensor) and value.layout == torch.strided
-            out[key] = draw(broken_tensor(value)) if dense else draw(JUNK)
-    if draw(st.integers(0, 5)) == 0:
-        out[draw(st.one_of(st.text(max_size=4), st.integers()))] = draw(
-            st.one_of(JUNK, st.just(torch.zeros(2)))
-        )
+            out[key] = draw(JUNK)
+    if not keys or draw(st.integers(0, 5)) == 0:
+        name = draw(st.one_of(st.text(max_size=4), st.integers()))
+        out[name] = draw(st.one_of(JUNK, st.just(torch.zeros(2))))
     return out
+
+
+FIELDS = ["weights", "payload", "num_examples", "metrics", "site"]
 
 
 @st.composite
 def malformed(draw, update: ClientUpdate):
-    """An honest ``update`` with one to four of its fields broken."""
-    fields = draw(
-        st.lists(
-            st.sampled_from(["weights", "payload", "num_examples", "metrics", "site"]),
-            min_size=1,
-            max_size=4,
-            unique=True,
-        )
-    )
+    """An honest ``update`` with one of its fields broken, sometimes more."""
+    fields = {draw(st.sampled_from(FIELDS)), *draw(st.lists(st.sampled_from(FIELDS), max_size=1))}
     changed = {}
     for name in fields:
-        if name == "weights":
-            changed[name] = draw(broken_dict(update.weights))
-        elif name == "payload":
-            changed[name] = draw(broken_dict(update.payload))
+        if name in ("weights", "payload"):
+            changed[name] = draw(broken_dict(getattr(update, name)))
         elif name == "num_examples":
             changed[name] = draw(st.one_of(JUNK, st.integers(-(10**20), 10**20)))
         elif name == "metrics":
+            metric = st.one_of(
+                st.sampled_from(sorted(update.metrics)), st.text(max_size=3), st.integers()
+            )
             changed[name] = draw(
-                st.one_of(
-                    JUNK,
-                    st.dictionaries(
-                        st.one_of(st.text(max_size=3), st.integers()), JUNK, max_size=3
-                    ),
-                )
+                st.one_of(JUNK, st.builds(lambda k, v: update.metrics | {k: v}, metric, JUNK))
             )
         else:
             changed[name] = draw(JUNK)
@@ -304,10 +298,13 @@ def _finite(tensors: dict) -> bool:
     return all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedbcs", "fedcontrast"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("name", ["fedbcs", "fedcontrast"])  # every kind of upload
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_malformed_replies_never_make_screening_or_the_round_raise(name, data):
+    """Any of three replies may have any field broken (:func:`malformed`): screening sorts
+    every client into accepted or rejected with a reason, the round never raises, and the
+    global model it leaves is finite and of sane magnitude."""
     algorithm, weights, replies = honest(name)
     sent = []
     for site, update in replies:
@@ -320,4 +317,5 @@ def test_random_malformed_replies_never_make_screening_or_the_round_raise(name, 
     assert all(isinstance(reason, str) and reason for reason in rejected.values())
     result = aggregate_round(algorithm, 1, clients, sent, {}, weights, {}, ScreeningPolicy())
     assert _finite(result.weights) and _finite(result.payload)
-    assert all(abs(float(v.abs().max())) <= 1e9 for v in result.weights.values() if v.numel())
+    floating = [v for v in result.weights.values() if v.is_floating_point() and v.numel()]
+    assert all(float(v.abs().max()) <= 1e9 for v in floating)
