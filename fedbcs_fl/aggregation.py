@@ -1,4 +1,11 @@
-"""Server-side aggregation math: pure functions on tensors, trivial to unit-test."""
+"""Server-side aggregation math: pure functions on tensors, trivial to unit-test.
+
+The model weights are aggregated by one of :data:`AGGREGATIONS` (``--aggregation``):
+``mean`` is the method's own (count-weighted for FedAvg); the robust rules ignore example
+counts and take, per coordinate, the median or the mean without the extreme values, or one
+client's weights (Krum), so that one bad site cannot move the model far
+(:func:`robust_aggregate`).
+"""
 
 from __future__ import annotations
 
@@ -39,6 +46,61 @@ def weighted_average(
             acc += state[key].to(torch.float64) * (weight / total)
         out[key] = acc.to(first.dtype)
     return out
+
+
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum")
+# Krum's assumed number of bad clients: the threat is one bad site (docs/reliability.md).
+KRUM_BAD_CLIENTS = 1
+
+
+def _trimmed_mean(stacked: torch.Tensor) -> torch.Tensor:
+    """Per coordinate of ``[n, ...]``, the mean without the largest and the smallest value
+    (one client's worth at each end; all n values when n < 3).
+
+    Flower's ``aggregate_trimmed_avg`` cuts a fraction of n, ``int(fraction · n)`` values,
+    which cannot say "one" for every n (``int(1/49 · 49)`` is 0): hence this one.
+    """
+    trim = 1 if stacked.shape[0] >= 3 else 0
+    ordered = stacked.sort(dim=0).values
+    return ordered[trim : stacked.shape[0] - trim].mean(0)
+
+
+def robust_aggregate(
+    states: Sequence[dict[str, torch.Tensor]], rule: str
+) -> dict[str, torch.Tensor]:
+    """The weights of ``states`` aggregated by ``rule``, one of ``median``,
+    ``trimmed-mean`` and ``krum``, computed in float64 and returned in each dtype.
+
+    ``median`` (FedMedian) and ``krum`` are Flower's (``flwr.server.strategy.aggregate``):
+    Krum keeps the one state whose summed squared distance to its n − f − 2 nearest
+    others is smallest, with f = :data:`KRUM_BAD_CLIENTS` (at least 1 neighbour).
+    ``trimmed-mean`` is :func:`_trimmed_mean`. Integer tensors are taken from the first
+    state, as :func:`weighted_average` does.
+    """
+    if not states:
+        raise ValueError("robust_aggregate needs at least one state")
+    keys = [key for key, value in states[0].items() if value.is_floating_point()]
+    stacked = {key: torch.stack([s[key].to(torch.float64) for s in states]) for key in keys}
+    if rule == "trimmed-mean":
+        merged = {key: _trimmed_mean(values) for key, values in stacked.items()}
+    elif rule in ("median", "krum"):
+        with warnings.catch_warnings():  # Flower's command-line modules warn at import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median
+
+        results = [([stacked[key][i].numpy() for key in keys], 1) for i in range(len(states))]
+        if rule == "median":
+            arrays = aggregate_median(results)
+        else:
+            arrays = aggregate_krum(results, num_malicious=KRUM_BAD_CLIENTS, to_keep=0)
+        merged = {key: torch.from_numpy(np.asarray(a)) for key, a in zip(keys, arrays, strict=True)}
+    else:
+        raise ValueError(f"unknown aggregation {rule!r}; valid: {', '.join(AGGREGATIONS)}")
+    first = states[0]
+    return {
+        key: merged[key].to(value.dtype) if key in merged else value.clone()
+        for key, value in first.items()
+    }
 
 
 def finch_cluster_means(vectors: torch.Tensor) -> torch.Tensor:

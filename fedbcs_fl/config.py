@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .aggregation import AGGREGATIONS
 from .algorithms import METHODS
 from .config_checks import check_config
 from .data import NUCLEI_INTENSITIES
@@ -176,6 +177,22 @@ class RunConfig:
     )
     screen_max_examples: int = setting(
         10_000_000, "reject replies claiming more examples", interval=AT_LEAST_ONE, flower="extra"
+    )
+    screen_count_factor: float = setting(
+        4.0,
+        "count a site's examples at most this many times the median of the others' (0: off)",
+        interval=NON_NEGATIVE,
+        flower="extra",
+    )
+    aggregation: str = setting(
+        "mean",
+        "of the model weights: the method's mean, or a robust rule (docs/reliability.md)",
+        choices=AGGREGATIONS,
+    )
+    stall_rounds: int = setting(
+        3,
+        "stop with an error after this many rounds in a row with no reply aggregated",
+        interval=AT_LEAST_ONE,
     )
     inject_faults: str | None = setting(
         None,

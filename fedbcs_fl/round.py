@@ -1,16 +1,23 @@
 """One federated round on the server side, the same in every engine.
 
 An engine (the in-process simulator, the Flower strategy) asks its clients, gathers their
-replies and names the clients that sent none; :func:`aggregate_round` does the rest: it
-screens the replies (:func:`~fedbcs_fl.screening.screen_updates`), aggregates the
-accepted ones with the algorithm's server side and writes the round's record. On the
+replies, names each by its own identity of the client (:mod:`fedbcs_fl.identity`), and
+names the clients that sent none; :func:`aggregate_round` does the rest: it screens the
+replies (:func:`~fedbcs_fl.screening.screen_updates`), bounds their example counts
+(:func:`~fedbcs_fl.screening.cap_example_counts`), aggregates the accepted ones with the
+algorithm's server side, keeps the result only if it is usable
+(:func:`~fedbcs_fl.screening.global_problem`) and writes the round's record. On the
 rounds :func:`is_evaluation_round` picks, the engine adds the evaluation of the new
-global model (:func:`evaluation_fields`), then the round's ``seconds``.
+global model (:func:`evaluation_fields`), then the round's ``seconds``. An engine stops
+the run when :func:`stalled_rounds` reaches the run's ``stall_rounds``.
 
 A round record, one line of ``metrics.jsonl``, has
-- ``round``, ``clients`` (who was asked), ``aggregated`` (whose replies were used),
-  ``faults`` (client → why it sent no reply) and ``rejected`` (client → why screening
-  refused its reply);
+- ``round``, ``clients`` (who was asked), ``aggregated`` (whose replies made the new
+  global model; none when it is the old one), ``faults`` (client → why it sent no
+  reply), ``rejected`` (client → why its reply was refused: by the engine, as it could
+  not be read or claimed another site, or by screening), ``capped`` (client → the
+  examples it claimed and those counted) and ``discarded`` (why the aggregate was not
+  kept, or null);
 - per client whose reply passed screening: ``client_metrics``, ``prototypes_uploaded``
   (paper Table 3) and ``bytes_up`` (weights + payload); a rejected reply is not read;
 - ``bytes_down``: the global weights and payload each client was sent;
@@ -33,7 +40,7 @@ import torch
 from .algorithms.base import Algorithm, ClientUpdate
 from .metrics import METRICS, per_class
 from .privacy import EPSILON_KEY
-from .screening import ScreeningPolicy, screen_updates
+from .screening import ScreeningPolicy, cap_example_counts, global_problem, screen_updates
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -70,6 +77,7 @@ def aggregate_round(
     global_weights: dict[str, torch.Tensor],
     global_payload: dict[str, torch.Tensor],
     policy: ScreeningPolicy,
+    refused: dict[str, str] | None = None,
 ) -> RoundResult:
     """Screen ``replies``, record the round, and aggregate the accepted replies.
 
@@ -82,14 +90,19 @@ def aggregate_round(
         global_weights: the weights the clients were sent.
         global_payload: the payload the clients were sent.
         policy: the screening thresholds.
+        refused: ``{client: reason}`` of the replies the engine refused before screening
+            (default none).
     """
     accepted, rejected = screen_updates(algorithm, replies, global_weights, policy)
+    accepted, capped = cap_example_counts(accepted, policy)
     record = {
         "round": round_index,
         "clients": clients,
         "aggregated": [name for name, _ in accepted],
         "faults": faults,
-        "rejected": rejected,
+        "rejected": (refused or {}) | rejected,
+        "capped": capped,
+        "discarded": None,
         # Only screened replies are read: a rejected one may hold anything.
         "client_metrics": {name: u.metrics for name, u in accepted},
         "prototypes_uploaded": {
@@ -108,7 +121,39 @@ def aggregate_round(
     weights, payload = algorithm.aggregate(
         [update for _, update in accepted], global_weights, global_payload
     )
+    discarded = global_problem((("", weights), ("payload ", payload)), policy)
+    if discarded:  # e.g. prototypes that passed screening but whose means overflow
+        record |= {"aggregated": [], "discarded": discarded}
+        return RoundResult(global_weights, global_payload, record)
     return RoundResult(weights, payload, record)
+
+
+def stalled_rounds(records: list[dict]) -> int:
+    """How many of the last ``records`` in a row aggregated no reply."""
+    count = 0
+    for record in reversed(records):
+        if record["aggregated"]:
+            break
+        count += 1
+    return count
+
+
+class FederationStalled(RuntimeError):
+    """No reply was aggregated for the run's ``stall_rounds`` rounds in a row."""
+
+    @classmethod
+    def after(cls, records: list[dict]) -> FederationStalled:
+        """The error after ``records``, naming what went wrong in the last round."""
+        last = records[-1]
+        reasons = [
+            *(f"{c}: {r}" for kind in ("faults", "rejected") for c, r in last[kind].items()),
+            *([last["discarded"]] if last.get("discarded") else []),
+        ]
+        return cls(
+            f"the federation stalled: no reply was aggregated in the last "
+            f"{stalled_rounds(records)} rounds (to round {last['round']}); last round: "
+            + ("; ".join(reasons) or "no client replied")
+        )
 
 
 def is_evaluation_round(config, round_index: int) -> bool:

@@ -6,7 +6,10 @@ server side (:func:`fedbcs_fl.round.aggregate_round`: screen, aggregate, record)
 the global model on every site's test split, append the record to ``metrics.jsonl``
 (:mod:`fedbcs_fl.run_folder`) and write a checkpoint. A client that raises, drops out or
 runs past ``client_timeout`` is reported and the round goes on with the others; if no
-reply is accepted the global model stays as it was.
+reply is accepted the global model stays as it was, and after ``stall_rounds`` such
+rounds in a row the run stops with :class:`~fedbcs_fl.round.FederationStalled`. Each
+client is enrolled as its site (:mod:`fedbcs_fl.identity`): a reply that claims another
+site is rejected under the name of the client that sent it.
 
 With a ``client_timeout``, a client trains its round on a copy of its model, optimiser,
 state and shuffling generator, in a daemon thread. A reply in time (or an error) is
@@ -42,10 +45,17 @@ from .client import evaluate_sites, local_train, make_optimizer, model_weights, 
 from .config import RunConfig
 from .data.base import SiteData
 from .faults import ClientFault, FaultInjector, maybe_kill
+from .identity import Enrolment
 from .payload import prototype_sets
 from .privacy import prototype_privacy
 from .results import dice_line
-from .round import aggregate_round, evaluation_fields, is_evaluation_round
+from .round import (
+    FederationStalled,
+    aggregate_round,
+    evaluation_fields,
+    is_evaluation_round,
+    stalled_rounds,
+)
 from .run_folder import (
     RESUME_MAY_CHANGE,
     append_record,
@@ -142,20 +152,20 @@ class Simulation:
         self.device = torch.device(self.config.device)
         torch.manual_seed(self.config.seed)  # model initialisation
         self.algorithm: Algorithm = build_algorithm(self.config)
-        self.faults = FaultInjector(  # a drill the method cannot run stops here
+        self.faults = FaultInjector(  # a drill the method or the sites cannot run stops here
             self.config.inject_faults,
             self.algorithm,
             hang_seconds=2 * (self.config.client_timeout or 0),
+            clients=[site.name for site in sites],
+            seed=self.config.seed,
         )
         self.global_model = self.algorithm.build_model().to(self.device)
         self.global_weights = model_weights(self.global_model)
         self.global_payload: dict[str, torch.Tensor] = {}
         self.clients = [self._client(i, site) for i, site in enumerate(sites)]
         self.selection_rng = np.random.default_rng(self.config.seed)
-        self.policy = ScreeningPolicy(
-            max_examples=self.config.screen_max_examples,
-            norm_factor=self.config.screen_norm_factor,
-        )
+        self.policy = ScreeningPolicy.of(self.config)
+        self.enrolment = Enrolment({client.name: client.name for client in self.clients})
         self.completed_rounds = 0
         self.history: list[dict] = []
         self.last_replies: list[tuple[str, ClientUpdate]] = []  # the last round's, as sent
@@ -264,16 +274,22 @@ class Simulation:
         chosen = self.select_clients()
         replies: list[tuple[str, ClientUpdate]] = []
         faults: dict[str, str] = {}
+        refused: dict[str, str] = {}
         for client in chosen:
             try:
                 update = self._train_with_deadline(client, round_index)
+                update = self.faults.corrupt(client.name, round_index, update, self.global_weights)
             except ClientFault as fault:
                 faults[client.name] = str(fault)
                 continue
             except Exception as error:  # a failing client must not stop the federation
                 faults[client.name] = f"raised {type(error).__name__}: {error}"
                 continue
-            replies.append((client.name, self.faults.corrupt(client.name, round_index, update)))
+            name, problem = self.enrolment.admit(client.name, update.site)
+            if problem:
+                refused[name] = problem
+            else:
+                replies.append((name, update))
         self.last_replies = replies
         maybe_kill(round_index, "aggregate")
         result = aggregate_round(
@@ -285,6 +301,7 @@ class Simulation:
             self.global_weights,
             self.global_payload,
             self.policy,
+            refused,
         )
         self.global_weights, self.global_payload = result.weights, result.payload
         if result.aggregated:
@@ -364,6 +381,8 @@ class Simulation:
         """All remaining rounds; returns the per-round records (also in ``metrics.jsonl``).
 
         Raises:
+            FederationStalled: ``stall_rounds`` rounds in a row aggregated no reply (their
+                records and checkpoint are written first).
             RunFolderInUse: another process holds ``out_dir``.
             OSError: a file of the run folder could not be written (e.g. a full disk);
                 what was written before is intact, and the run can be resumed.
@@ -390,6 +409,8 @@ class Simulation:
                 bar.write(self._round_line(record))
             if self.on_round is not None:
                 self.on_round(record)
+            if stalled_rounds(self.history) >= self.config.stall_rounds:
+                raise FederationStalled.after(self.history)
         if self.out_dir is not None:
             save_model(self.out_dir, self.global_weights, self.config)
         return self.history
@@ -399,16 +420,20 @@ class Simulation:
         line = f"round {record['round']:3d}"
         if "mean_dice" in record:
             line += f"  {dice_line(record)}"
-        for kind in ("faults", "rejected"):
-            if record[kind]:
+        for kind in ("faults", "rejected", "capped"):
+            if record.get(kind):
                 line += f"  {kind}: " + "; ".join(f"{c}: {r}" for c, r in record[kind].items())
+        if record.get("discarded"):
+            line += f"  discarded: {record['discarded']}"
         return line
 
     def fault_summary(self) -> str:
         """Every fault and rejection of the run, one line each ("" when there were none)."""
         lines = []
         for record in self.history:
-            for kind in ("faults", "rejected"):
+            for kind in ("faults", "rejected", "capped"):
                 for client, reason in record.get(kind, {}).items():
-                    lines.append(f"round {record['round']}: {client} {kind[:-1]}: {reason}")
+                    lines.append(f"round {record['round']}: {client} {kind.rstrip('s')}: {reason}")
+            if record.get("discarded"):
+                lines.append(f"round {record['round']}: {record['discarded']}")
         return "\n".join(lines)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from ..aggregation import weighted_average
+from ..aggregation import robust_aggregate, weighted_average
 from ..data.sources import data_source
 from ..losses import check_dice_loss_classes, segmentation_loss
 from ..payload import PrototypeSet, Upload, prototype_sets
@@ -37,12 +37,18 @@ if TYPE_CHECKING:  # the config names the methods, so it imports this package
 
 @dataclass
 class ClientUpdate:
-    """What a client sends back after local training."""
+    """What a client sends back after local training.
+
+    ``site`` is the site the reply says it comes from (Flower: its site record), a claim
+    the engine checks against its own identity of the client (:mod:`fedbcs_fl.identity`);
+    None: no claim.
+    """
 
     weights: dict[str, torch.Tensor]
     num_examples: int
     payload: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    site: str | None = None
 
 
 @dataclass
@@ -165,7 +171,18 @@ class Algorithm:
     def aggregate_weights(
         self, updates: list[ClientUpdate], global_weights: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
+        """The method's mean of the weights (FedAvg: weighted by example counts)."""
         return weighted_average([u.weights for u in updates], [u.num_examples for u in updates])
+
+    def next_weights(
+        self, updates: list[ClientUpdate], global_weights: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The next global weights by the run's ``aggregation``: ``mean`` is the method's
+        :meth:`aggregate_weights`; a robust rule (median, trimmed-mean, krum) replaces it
+        for every method (:func:`~fedbcs_fl.aggregation.robust_aggregate`)."""
+        if self.config.aggregation == "mean":
+            return self.aggregate_weights(updates, global_weights)
+        return robust_aggregate([u.weights for u in updates], self.config.aggregation)
 
     def aggregate_payload(
         self, updates: list[ClientUpdate], global_payload: dict[str, torch.Tensor]
@@ -179,7 +196,7 @@ class Algorithm:
         global_payload: dict[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The next global weights and payload from this round's client updates."""
-        weights = self.aggregate_weights(updates, global_weights)
+        weights = self.next_weights(updates, global_weights)
         return weights, self.aggregate_payload(updates, global_payload)
 
     # ---- payload contract ------------------------------------------------------------

@@ -208,7 +208,7 @@ class HarmoFL(Algorithm):
         return weighted_average([u.weights for u in updates], [1.0] * len(updates))
 
     def aggregate(self, updates, global_weights, global_payload):
-        weights = self.aggregate_weights(updates, global_weights)
+        weights = self.next_weights(updates, global_weights)
         if bool(global_payload.get(FROZEN_KEY, False)):
             weights[AMPLITUDE_KEY] = global_weights[AMPLITUDE_KEY].clone()
         return weights, {FROZEN_KEY: torch.tensor(True)}

@@ -10,6 +10,10 @@ A train reply is one :class:`~flwr.app.RecordDict` with four records::
 The train instruction carries the global weights ("arrays"), the global payload
 ("payload") and the round's ConfigRecord ("config").
 
+A reply comes from a node that may be broken or hostile: reading one never fails on what it
+holds but with a ``ValueError`` that says what could not be read, and it reads no more
+than it must. What it reads, the server screens (:mod:`fedbcs_fl.screening`).
+
 Per-node state that outlives a round (the optimiser's state_dict, the algorithm's
 ``state`` dict) is kept in ``context.state`` by :func:`store` / :func:`restore`: its
 tensors in an ArrayRecord, the structure around them as JSON in a ConfigRecord.
@@ -63,23 +67,83 @@ def site_record(site: str, partition_id: int) -> ConfigRecord:
     return ConfigRecord({"name": site, PARTITION_ID: partition_id})
 
 
-def read_train_reply(content: RecordDict) -> tuple[ClientUpdate, str, int]:
-    """``(update, site name, partition id)`` of a train reply's content."""
-    missing = [
-        key for key in (WEIGHTS_KEY, PAYLOAD_KEY, METRICS_KEY, SITE_KEY) if key not in content
-    ]
+_RECORD_TYPES = {
+    WEIGHTS_KEY: ArrayRecord,
+    PAYLOAD_KEY: ArrayRecord,
+    METRICS_KEY: MetricRecord,
+    SITE_KEY: ConfigRecord,
+}
+
+
+def _records(content: RecordDict, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The records ``keys`` of a reply, each of its type, or ``ValueError``."""
+    missing = [key for key in keys if key not in content]
     if missing:
-        raise ValueError(f"train reply lacks the records {missing}: is the ClientApp fedbcs'?")
-    metrics = dict(content.metric_records[METRICS_KEY])
-    num_examples = int(metrics.pop(NUM_EXAMPLES))
-    site = content.config_records[SITE_KEY]
+        raise ValueError(f"the reply lacks the records {missing}: is the ClientApp fedbcs'?")
+    records = {key: content[key] for key in keys}
+    for key, record in records.items():
+        if not isinstance(record, _RECORD_TYPES[key]):
+            kind = _RECORD_TYPES[key].__name__
+            raise ValueError(f"the reply's {key!r} is a {type(record).__name__}, not a {kind}")
+    return records
+
+
+def _partition_id(site: ConfigRecord) -> int:
+    partition_id = site.get(PARTITION_ID)
+    if type(partition_id) is not int:  # bool is no partition
+        raise ValueError(f"its {PARTITION_ID} {partition_id!r} is not an integer")
+    return partition_id
+
+
+def _tensors(record: ArrayRecord, key: str) -> dict[str, torch.Tensor]:
+    try:
+        return from_record(record)
+    except Exception as error:  # the arrays are the node's bytes: anything may fail
+        raise ValueError(f"its {key!r} cannot be read as tensors ({error})") from None
+
+
+def read_train_reply(content: RecordDict) -> tuple[ClientUpdate, int]:
+    """``(update, partition id)`` of a train reply's content.
+
+    The update holds what the node sent as it is (an example count that is no integer, a
+    metric that is a list), for screening to judge, and in ``site`` the site it claims.
+
+    Raises:
+        ValueError: a record is missing or of another type, the partition id is not an
+            integer, or the arrays cannot be read as tensors.
+    """
+    records = _records(content, (WEIGHTS_KEY, PAYLOAD_KEY, METRICS_KEY, SITE_KEY))
+    partition_id = _partition_id(records[SITE_KEY])
+    metrics = dict(records[METRICS_KEY])
     update = ClientUpdate(
-        weights=from_record(content.array_records[WEIGHTS_KEY]),
-        num_examples=num_examples,
-        payload=from_record(content.array_records[PAYLOAD_KEY]),
+        weights=_tensors(records[WEIGHTS_KEY], WEIGHTS_KEY),
+        num_examples=metrics.pop(NUM_EXAMPLES, None),
+        payload=_tensors(records[PAYLOAD_KEY], PAYLOAD_KEY),
         metrics=metrics,
+        site=records[SITE_KEY].get("name"),
     )
-    return update, str(site["name"]), int(site[PARTITION_ID])
+    return update, partition_id
+
+
+# The metrics every evaluate reply holds: the evaluation fields of a round record.
+EVALUATION_METRICS = ("dice", "hd95", "assd")
+
+
+def read_evaluate_reply(content: RecordDict) -> tuple[dict[str, float], object, int]:
+    """``(metrics, claimed site, partition id)`` of an evaluate reply's content.
+
+    Raises:
+        ValueError: a record is missing or of another type, the partition id is not an
+            integer, or a metric of :data:`EVALUATION_METRICS` is missing or not a number
+            (NaN is a number here: HD95 of an empty prediction).
+    """
+    records = _records(content, (METRICS_KEY, SITE_KEY))
+    partition_id = _partition_id(records[SITE_KEY])
+    metrics = dict(records[METRICS_KEY])
+    for name in EVALUATION_METRICS:
+        if type(metrics.get(name)) is not float:
+            raise ValueError(f"its metric {name!r} is {metrics.get(name)!r}, not a number")
+    return metrics, records[SITE_KEY].get("name"), partition_id
 
 
 # ---- persistent node state ---------------------------------------------------------

@@ -8,6 +8,13 @@ records and calls ``algorithm.aggregate``, as in the simulator; the next global 
 travels beside the weights in every train instruction. Replies are ordered by partition
 id before aggregation, so a run is deterministic whatever order the replies arrive in,
 and matches the simulator, which trains its clients in site order.
+
+A site is who its node enrolled as (:class:`~fedbcs_fl.identity.Enrolment`): each node id
+is bound to the site it names in its first reply, in node id order within a round; a node
+that claims a site another node holds, or later another site than its own, is rejected,
+and a reply that cannot be read is rejected with what could not be read. After
+``stall_rounds`` rounds in a row with nothing aggregated the run stops
+(:class:`~fedbcs_fl.round.FederationStalled`).
 """
 
 from __future__ import annotations
@@ -22,16 +29,16 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..algorithms.base import Algorithm
 from ..config import RunConfig
-from ..round import aggregate_round, evaluation_fields, is_evaluation_round
-from ..screening import ScreeningPolicy
-from .records import (
-    METRICS_KEY,
-    PARTITION_ID,
-    PAYLOAD_KEY,
-    SITE_KEY,
-    read_train_reply,
-    to_record,
+from ..identity import Enrolment
+from ..round import (
+    FederationStalled,
+    aggregate_round,
+    evaluation_fields,
+    is_evaluation_round,
+    stalled_rounds,
 )
+from ..screening import ScreeningPolicy
+from .records import PAYLOAD_KEY, read_evaluate_reply, read_train_reply, to_record
 
 
 class AlgorithmStrategy(FedAvg):
@@ -44,13 +51,13 @@ class AlgorithmStrategy(FedAvg):
             the simulator's keys (``round``, ``clients``, ``aggregated``, ``faults``,
             ``client_metrics``, ``prototypes_uploaded``, ``bytes_up``, ``bytes_down``,
             ``dice``/``hd95``/``assd`` and their ``mean_*``, ``seconds``) plus
-            ``evaluation_faults``. A failed node is named by its site once it has replied
-            before, else as ``node <id>``.
+            ``evaluation_faults``. A node is named by the site it enrolled as, else as
+            ``node <id>``.
         **fedavg: FedAvg's sampling settings (``fraction_train=1.0``,
             ``min_train_nodes=2``, ``min_evaluate_nodes=2``, ``min_available_nodes=2``).
 
-    Raises (from ``aggregate_train``):
-        RuntimeError: every sampled client of a round failed; the run then fails.
+    Raises (from ``aggregate_evaluate``, once the round's record is out):
+        FederationStalled: ``config.stall_rounds`` rounds in a row aggregated no reply.
     """
 
     def __init__(
@@ -66,18 +73,15 @@ class AlgorithmStrategy(FedAvg):
         self.on_round = on_round
         self.global_weights: dict[str, torch.Tensor] = {}
         self.global_payload: dict[str, torch.Tensor] = {}
-        self.site_of_node: dict[int, str] = {}
+        self.enrolment = Enrolment()
         self.record: dict = {}
+        self.history: list[dict] = []
         self.round_start = 0.0
-        self.policy = ScreeningPolicy(
-            max_examples=config.screen_max_examples, norm_factor=config.screen_norm_factor
-        )
+        self.policy = ScreeningPolicy.of(config)
 
     def _faults(self, replies: list[Message]) -> dict[str, str]:
         return {
-            self.site_of_node.get(m.metadata.src_node_id, f"node {m.metadata.src_node_id}"): (
-                m.error.reason
-            )
+            self.enrolment.name(m.metadata.src_node_id): m.error.reason
             for m in replies
             if m.has_error()
         }
@@ -100,31 +104,37 @@ class AlgorithmStrategy(FedAvg):
         """The algorithm's aggregation of the valid replies, in partition order."""
         replies = list(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-        decoded = sorted(
-            ((*read_train_reply(m.content), m.metadata.src_node_id) for m in valid),
-            key=lambda reply: reply[2],
-        )
-        self.site_of_node |= {node: name for _, name, _, node in decoded}
+        refused: dict[str, str] = {}
+        decoded = []
+        for message in sorted(valid, key=lambda m: m.metadata.src_node_id):
+            node = message.metadata.src_node_id
+            try:
+                update, partition_id = read_train_reply(message.content)
+            except ValueError as error:
+                refused[self.enrolment.name(node)] = f"unreadable reply: {error}"
+                continue
+            name, problem = self.enrolment.admit(node, update.site)
+            if problem:
+                refused[name] = problem
+            else:
+                decoded.append((partition_id, name, update, message))
+        decoded.sort(key=lambda reply: reply[0])
         faults = self._faults(replies)
-        names = [name for _, name, _, _ in decoded]
         result = aggregate_round(
             self.algorithm,
             server_round,
-            sorted([*names, *faults]),
-            [(name, update) for update, name, _, _ in decoded],
+            sorted([*(name for _, name, _, _ in decoded), *refused, *faults]),
+            [(name, update) for _, name, update, _ in decoded],
             faults,
             self.global_weights,
             self.global_payload,
             self.policy,
+            refused,
         )
         self.record, self.global_payload = result.record, result.payload
         if not result.aggregated:  # the global model stays as it was
             return to_record(result.weights), None
-        kept = [
-            m.content
-            for m in valid
-            if self.site_of_node.get(m.metadata.src_node_id) in set(result.aggregated)
-        ]
+        kept = [m.content for _, name, _, m in decoded if name in result.aggregated]
         return to_record(result.weights), self.train_metrics_aggr_fn(kept, self.weighted_by_key)
 
     def configure_evaluate(
@@ -138,23 +148,38 @@ class AlgorithmStrategy(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Per-site metrics into the round's record; the record goes to ``on_round``."""
+        """Per-site metrics into the round's record; the record goes to ``on_round``.
+
+        Raises:
+            FederationStalled: as the class says, after ``on_round``.
+        """
         replies = list(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
-        per_site = sorted(
-            (
-                int(m.content.config_records[SITE_KEY][PARTITION_ID]),
-                str(m.content.config_records[SITE_KEY]["name"]),
-                dict(m.content.metric_records[METRICS_KEY]),
-            )
-            for m in valid
-        )
+        faults = self._faults(replies)
+        per_site, read = [], []
+        for message in sorted(valid, key=lambda m: m.metadata.src_node_id):
+            node = message.metadata.src_node_id
+            try:
+                metrics, claimed, partition_id = read_evaluate_reply(message.content)
+            except ValueError as error:
+                faults[self.enrolment.name(node)] = f"unreadable reply: {error}"
+                continue
+            name, problem = self.enrolment.admit(node, claimed)
+            if problem:
+                faults[name] = problem
+                continue
+            per_site.append((partition_id, name, metrics))
+            read.append(message.content)
+        per_site.sort(key=lambda reply: reply[0])
         if per_site:
             self.record |= evaluation_fields({name: m for _, name, m in per_site})
         if replies:
-            self.record["evaluation_faults"] = self._faults(replies)
+            self.record["evaluation_faults"] = faults
         self.record["seconds"] = time.perf_counter() - self.round_start
         self.on_round(self.record)
-        if not valid:
+        self.history.append(self.record)
+        if stalled_rounds(self.history) >= self.config.stall_rounds:
+            raise FederationStalled.after(self.history)
+        if not read:
             return None
-        return self.evaluate_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        return self.evaluate_metrics_aggr_fn(read, self.weighted_by_key)

@@ -87,6 +87,13 @@ def test_baseline_delta_in_summary(tmp_path):
         (["train", "--dice-loss-classes", "background"], "one of all, foreground; got 'back"),
         (["train", "--nuclei-intensity", "unit"], "must be one of minmax, dtype; got 'unit'"),
         (["train", "--dataset", "prostate"], "give --data-root"),
+        (
+            ["train", "--aggregation", "mode"],
+            "must be one of mean, median, trimmed-mean, krum; got 'mode'",
+        ),
+        (["train", "--stall-rounds", "0"], "stall-rounds: must be in [1, inf); got 0"),
+        (["train", "--inject-faults", "site-X:nan@1"], "names 'site-X', not a client of this run"),
+        (["train", "--inject-faults", "site-B:reverse@1"], "reverse needs a value, reverse=F"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):

@@ -32,6 +32,8 @@ def test_a_round_aggregates_the_accepted_replies_and_records_every_client():
         "aggregated": ["A"],
         "faults": {"C": "timed out"},
         "rejected": {"B": "non-finite values in w"},
+        "capped": {},
+        "discarded": None,
         "client_metrics": {"A": {"loss": 0.5}},
         "prototypes_uploaded": {"A": 0},
         "bytes_up": {"A": 8},

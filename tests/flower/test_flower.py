@@ -19,13 +19,24 @@ import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
 from fedbcs_fl.algorithms import build_algorithm
+from fedbcs_fl.algorithms.base import ClientUpdate
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
 from fedbcs_fl.flower import client_app, server_app
@@ -36,7 +47,9 @@ from fedbcs_fl.flower.records import (
     SITE_KEY,
     WEIGHTS_KEY,
     restore,
+    site_record,
     store,
+    train_reply,
 )
 from fedbcs_fl.flower.settings import (
     ENGINE_DEFAULTS,
@@ -46,6 +59,7 @@ from fedbcs_fl.flower.settings import (
     to_run_config,
 )
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
+from fedbcs_fl.round import FederationStalled
 from fedbcs_fl.run_folder import LOCK_FILE, read_config, read_records
 from fedbcs_fl.simulation import Simulation
 from fedbcs_models import UNet
@@ -135,6 +149,14 @@ def test_run_config_round_trip_and_bad_values():
         from_run_config({**flat, "extra-config": '{"rounds": 3}'})
 
 
+def test_run_config_carries_the_robustness_settings():
+    config = RunConfig(aggregation="krum", stall_rounds=5, screen_count_factor=2.0).resolved()
+    flat = to_run_config(config)
+    assert (flat["aggregation"], flat["stall-rounds"]) == ("krum", 5)
+    assert json.loads(flat["extra-config"])["screen_count_factor"] == 2.0
+    assert from_run_config(flat) == config
+
+
 def test_run_config_carries_the_fidelity_settings_and_a_zero_momentum():
     config = RunConfig(
         dataset="synthetic-prostate",
@@ -194,6 +216,163 @@ def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
     arrays, metrics = strategy.aggregate_train(1, [failed])
     assert torch.equal(arrays.to_torch_state_dict()["w"], torch.ones(3)) and metrics is None
     assert strategy.record["aggregated"] == [] and "boom" in str(strategy.record["faults"])
+
+
+# ---- replies from a broken or hostile node (issue 15 §1) -----------------------------------
+
+GLOBAL = {"w": torch.zeros(3)}
+
+
+def _reply(node: int, content: RecordDict) -> Message:
+    """The reply of ``node`` to a train instruction."""
+    instruction = Message(
+        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type="train"
+    )
+    return Message(content, reply_to=instruction)
+
+
+def _content(site: str, partition: int, value: float = 1.0, count: int = 4) -> RecordDict:
+    update = ClientUpdate({"w": torch.full((3,), value)}, count, metrics={"loss": 0.5})
+    return train_reply(update, site, partition)
+
+
+def _strategy(**fields) -> AlgorithmStrategy:
+    config = tiny_config("fedavg", **fields)
+    strategy = AlgorithmStrategy(build_algorithm(config), config, on_round=lambda record: None)
+    strategy.global_weights = dict(GLOBAL)
+    return strategy
+
+
+def _train_round(strategy, server_round: int, replies: list[Message]):
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    return arrays.to_torch_state_dict()["w"], strategy.record
+
+
+def _metrics(**changed) -> MetricRecord:
+    return MetricRecord({"loss": 0.5, "num-examples": 4} | changed)
+
+
+def _without(record: RecordDict, key: str) -> RecordDict:
+    return RecordDict({k: v for k, v in record.items() if k != key})
+
+
+def _with(record: RecordDict, key: str, value) -> RecordDict:
+    return RecordDict({**dict(record.items()), key: value})
+
+
+MALFORMED = {
+    "num-examples-missing": (
+        lambda c: _with(c, "metrics", MetricRecord({"loss": 0.5})),
+        "example count None is not a positive integer",
+    ),
+    "num-examples-a-float": (
+        lambda c: _with(c, "metrics", _metrics(**{"num-examples": 4.5})),
+        "example count 4.5 is not a positive integer",
+    ),
+    "num-examples-a-list": (
+        lambda c: _with(c, "metrics", _metrics(**{"num-examples": [4, 4]})),
+        "example count [4, 4] is not a positive integer",
+    ),
+    "num-examples-1e12": (
+        lambda c: _with(c, "metrics", _metrics(**{"num-examples": 10**12})),
+        "exceeds the maximum",
+    ),
+    "metric-a-list": (
+        lambda c: _with(c, "metrics", _metrics(loss=[0.5, 0.1])),
+        "metric 'loss' is a list, not a number",
+    ),
+    "partition-id-a-string": (
+        lambda c: _with(c, "site", ConfigRecord({"name": "site-B", "partition-id": "one"})),
+        "partition-id 'one' is not an integer",
+    ),
+    "partition-id-missing": (
+        lambda c: _with(c, "site", ConfigRecord({"name": "site-B"})),
+        "partition-id None is not an integer",
+    ),
+    "site-name-a-number": (
+        lambda c: _with(c, "site", ConfigRecord({"name": 3, "partition-id": 1})),
+        "its site name is a int, not a string",
+    ),
+    "no-metrics-record": (lambda c: _without(c, "metrics"), "lacks the records ['metrics']"),
+    "metrics-an-array-record": (
+        lambda c: _with(c, "metrics", ArrayRecord()),
+        "'metrics' is a ArrayRecord, not a MetricRecord",
+    ),
+    "weights-of-strings": (
+        lambda c: _with(c, "arrays", ArrayRecord({"w": Array(np.array(["a", "b", "c"]))})),
+        "'arrays' cannot be read as tensors",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_reply_that_cannot_be_read_is_rejected_and_the_round_goes_on(monkeypatch, case):
+    """Malformed num-examples or partition-id crashed the reply decoding before screening."""
+    _flower_task_identity(monkeypatch)
+    strategy = _strategy()
+    break_content, reason = MALFORMED[case]
+    replies = [
+        _reply(1, _content("site-A", 0, 1.0)),
+        _reply(2, break_content(_content("site-B", 1))),
+    ]
+    weights, record = _train_round(strategy, 1, replies)
+    assert torch.equal(weights, torch.ones(3)) and record["aggregated"] == ["site-A"]
+    ((name, why),) = record["rejected"].items()
+    assert name in ("site-B", "node 2") and reason in why, why
+
+
+def test_a_node_that_replies_as_another_site_is_rejected_under_its_own_name(monkeypatch):
+    """Rejections were keyed by the name a reply gives: a bad node that replied as site-A got
+    the honest site-A's reply dropped with its own."""
+    _flower_task_identity(monkeypatch)
+    strategy = _strategy()
+    honest = [_reply(1, _content("site-A", 0, 1.0)), _reply(2, _content("site-B", 1, 3.0))]
+    weights, record = _train_round(strategy, 1, honest)
+    assert record["aggregated"] == ["site-A", "site-B"] and torch.equal(
+        weights, torch.full((3,), 2.0)
+    )
+    spoofed = _reply(2, _content("site-A", 0, 1e3))
+    newcomer = _reply(3, _content("site-A", 0, -1e3))
+    weights, record = _train_round(strategy, 2, [honest[0], spoofed, newcomer])
+    assert record["aggregated"] == ["site-A"] and torch.equal(weights, torch.ones(3))
+    assert record["rejected"] == {
+        "site-B": "claims to be site-A, but is enrolled as site-B",
+        "node 3": "claims site-A, which another node enrolled as",
+    }
+
+
+def test_an_evaluate_reply_that_cannot_be_read_is_a_fault_not_a_crash(monkeypatch):
+    _flower_task_identity(monkeypatch)
+    strategy = _strategy()
+    _train_round(strategy, 1, [_reply(1, _content("site-A", 0)), _reply(2, _content("site-B", 1))])
+    good = {"dice": 0.5, "hd95": 2.0, "assd": 1.0, "num-examples": 3}
+    replies = [
+        _reply(1, RecordDict({"metrics": MetricRecord(good), "site": site_record("site-A", 0)})),
+        _reply(
+            2,
+            RecordDict({"metrics": MetricRecord({"dice": 0.5}), "site": site_record("site-B", 1)}),
+        ),
+    ]
+    strategy.aggregate_evaluate(1, replies)
+    assert strategy.record["dice"] == {"site-A": 0.5}
+    assert (
+        "its metric 'hd95' is None, not a number" in strategy.record["evaluation_faults"]["site-B"]
+    )
+
+
+def test_the_run_fails_after_stall_rounds_with_nothing_aggregated(monkeypatch):
+    _flower_task_identity(monkeypatch)
+    strategy = _strategy(stall_rounds=2)
+    content = RecordDict({"config": ConfigRecord()})
+    failed = Message(
+        Error(code=0, reason="boom"), reply_to=Message(content, dst_node_id=9, message_type="train")
+    )
+    for server_round in (1, 2):
+        strategy.aggregate_train(server_round, [failed])
+        if server_round == 1:
+            strategy.aggregate_evaluate(server_round, [])
+    with pytest.raises(FederationStalled, match=r"last 2 rounds .* node 9: boom"):
+        strategy.aggregate_evaluate(2, [])
 
 
 def test_the_server_app_sends_the_model_its_source_declares(
