@@ -50,17 +50,24 @@ def test_loaded_sites_have_the_declared_channels_and_classes(name, request):
         assert mask.min() >= 0 and mask.max() < source.num_classes
 
 
+VALID_SOURCES = (
+    "synthetic-nuclei, synthetic-prostate, synthetic-prostate-zones, prostate, nuclei, folder"
+)
+
+
 @pytest.mark.parametrize(
-    "entry",
-    [data_source, lambda name: RunConfig(dataset=name).resolved()],
+    "entry, message",
+    [
+        (data_source, f"unknown dataset 'mnist'; valid: {VALID_SOURCES}$"),
+        (
+            lambda name: RunConfig(dataset=name).resolved(),
+            f"dataset must be one of {VALID_SOURCES}; got 'mnist'$",
+        ),
+    ],
     ids=["registry", "config"],
 )
-def test_an_unknown_source_is_refused_with_the_valid_names(entry):
-    valid = (
-        "valid: synthetic-nuclei, synthetic-prostate, synthetic-prostate-zones, prostate, "
-        "nuclei, folder"
-    )
-    with pytest.raises(ValueError, match=f"unknown dataset 'mnist'; {valid}$"):
+def test_an_unknown_source_is_refused_with_the_valid_names(entry, message):
+    with pytest.raises(ValueError, match=message):
         entry("mnist")
 
 
