@@ -367,7 +367,15 @@ def cmd_flower_local(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else default_run_dir(config, flower=True)
-    report = run_local(config, args.clients, out, args.fail_partition, args.timeout)
+    report = run_local(
+        config,
+        args.clients,
+        out,
+        args.fail_partition,
+        args.timeout,
+        tls=args.tls or args.auth,  # Flower authenticates SuperNodes only over TLS
+        auth=args.auth,
+    )
     if not report["ok"]:
         print(
             f"fedbcs flower-local: run {report['run_id']} ended {report['status']} after "
@@ -459,6 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
     flower.add_argument("--timeout", type=float, default=3600.0, help="seconds for the run")
     flower.add_argument(
         "--fail-partition", type=int, default=-1, help="fault injection: this node's train raises"
+    )
+    flower.add_argument(
+        "--tls",
+        action="store_true",
+        help="every API over TLS, with a throwaway CA and certificate (default: no TLS)",
+    )
+    flower.add_argument(
+        "--auth",
+        action="store_true",
+        help="SuperNode authentication with throwaway registered keys; turns --tls on",
     )
     flower.set_defaults(func=cmd_flower_local)
     for command in commands.choices.values():  # to tell given options from defaults

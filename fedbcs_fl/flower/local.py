@@ -1,9 +1,14 @@
 """A real Flower deployment on this machine: ``fedbcs flower-local``.
 
 One ``flower-superlink`` and one ``flower-supernode`` per client run as separate
-processes on 127.0.0.1, in insecure mode (no TLS: the traffic never leaves loopback);
-then ``flwr run`` submits the app. Everything uses a private, temporary FLWR_HOME and
-free ports, with telemetry, the update check and runtime dependency installation off.
+processes on 127.0.0.1; then ``flwr run`` submits the app. Everything uses a private,
+temporary FLWR_HOME and free ports, with telemetry, the update check and runtime
+dependency installation off. By default the processes talk without TLS (the traffic never
+leaves loopback); ``tls`` runs every API over TLS with a throwaway CA, and ``auth`` turns
+on Flower's SuperNode authentication with throwaway keys, registered with the SuperLink
+before the SuperNodes start (:mod:`~fedbcs_fl.flower.secure`; the credentials live in the
+private FLWR_HOME and go with it). Flower allows SuperNode authentication only over TLS:
+``auth`` without ``tls`` is refused (``fedbcs flower-local --auth`` turns ``--tls`` on).
 
 Every process started here, and every process those start (SuperExec, ServerApp and
 ClientApp processes, which Flower puts in sessions of their own), is stopped by PID when
@@ -21,6 +26,7 @@ and the ServerApp holds ``<out>`` (:func:`~fedbcs_fl.run_folder.hold_run_folder`
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -49,10 +55,14 @@ from ..run_folder import (
 )
 from . import processes
 from .processes import descendants, stop_processes
+from .secure import NodeKey, write_node_keys, write_tls_files
 from .settings import to_run_config
 
 # Seconds between SuperExec polls for new tasks (Flower's default, 1 s, dominates short runs).
 TASK_POLL_INTERVAL = "0.2"
+# How much longer than the run's timeout the throwaway certificates are valid: the time
+# to start and stop the deployment.
+CERTIFICATE_MARGIN = datetime.timedelta(hours=1)
 
 
 def free_port() -> int:
@@ -68,6 +78,21 @@ def project_root() -> Path:
     if "[tool.flwr.app]" not in (root / "pyproject.toml").read_text(encoding="utf-8"):
         raise RuntimeError(f"{root}/pyproject.toml has no [tool.flwr.app]: use a source checkout")
     return root
+
+
+def flower_environment(home: Path) -> dict[str, str]:
+    """This process's environment for a Flower program that keeps its files in ``home``
+    and never calls out: no telemetry, no update check (which waits on the network) and
+    no runtime dependency installation."""
+    return os.environ | {
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL,
+        # SuperLink and SuperNodes start flower-superexec by name.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def _executable(name: str) -> str:
@@ -86,11 +111,33 @@ class LocalDeployment:
         node_config: extra node config of every SuperNode (e.g. ``{"data-root": ...}``).
         log_dir: where each process's output goes (``superlink.log``, ``supernode-<i>.log``,
             ``flwr-run.log``).
+        tls: every API over TLS, with a throwaway CA (default False: no TLS).
+        auth: only SuperNodes with a registered key may connect (default False); needs
+            ``tls``, as Flower does.
+        certificate_lifetime: how long the throwaway certificates are valid (default one
+            day); the deployment must end before they expire.
+
+    Raises:
+        ValueError: ``auth`` without ``tls`` (before anything starts).
     """
 
-    def __init__(self, clients: int, node_config: dict[str, Any], log_dir: Path):
+    def __init__(
+        self,
+        clients: int,
+        node_config: dict[str, Any],
+        log_dir: Path,
+        tls: bool = False,
+        auth: bool = False,
+        certificate_lifetime: datetime.timedelta = datetime.timedelta(days=1),
+    ):
+        if auth and not tls:
+            raise ValueError("auth needs tls: Flower authenticates SuperNodes only over TLS")
         self.clients = clients
         self.node_config = node_config
+        self.tls = tls
+        self.auth = auth
+        self.certificate_lifetime = certificate_lifetime
+        self.node_keys: list[NodeKey] = []  # with auth, registered before the nodes start
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.home = Path(tempfile.mkdtemp(prefix="fedbcs-flwr-home-"))
@@ -107,15 +154,7 @@ class LocalDeployment:
                 start_new_session=True,  # it outlives us, and a Ctrl-C is ours to handle
                 text=True,
             )
-        self.env = os.environ | {
-            "FLWR_HOME": str(self.home),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_INTERVAL,
-            # SuperLink and SuperNodes start flower-superexec by name.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        self.env = flower_environment(self.home)
 
     # ---- processes ---------------------------------------------------------------------
 
@@ -150,22 +189,41 @@ class LocalDeployment:
             time.sleep(0.2)
         raise RuntimeError(f"the SuperLink did not listen on port {self.port} in {timeout:.0f} s")
 
+    def _security(self) -> tuple[list[str], list[list[str]], dict[str, Any]]:
+        """Write the credentials the deployment uses; the SuperLink's security options,
+        each SuperNode's, and ``flwr``'s connection to the SuperLink."""
+        address = f"127.0.0.1:{self.port}"
+        if not self.tls:
+            insecure = ["--insecure"]
+            return insecure, [insecure] * self.clients, {"address": address, "insecure": True}
+        tls = write_tls_files(self.home / "tls", self.certificate_lifetime)
+        ca = str(tls.ca_certificate)
+        served = [
+            *("--ssl-ca-certfile", ca),
+            *("--ssl-certfile", str(tls.certificate)),
+            *("--ssl-keyfile", str(tls.private_key)),
+        ]
+        link = [*served, *(["--enable-supernode-auth"] if self.auth else [])]
+        # A SuperNode checks the SuperLink against the CA, and serves its own runtime API
+        # (to its SuperExec and ClientApps) over TLS too.
+        nodes = [["--root-certificates", ca, *served] for _ in range(self.clients)]
+        if self.auth:
+            self.node_keys = write_node_keys(self.home / "keys", self.clients)
+            for args, key in zip(nodes, self.node_keys, strict=True):
+                args += ["--auth-supernode-private-key", str(key.private_key)]
+        return link, nodes, {"address": address, "root-certificates": ca}
+
     def start(self) -> None:
-        """Start the SuperLink, wait until it listens, then start the SuperNodes."""
+        """Start the SuperLink, wait until it listens, register the SuperNodes' keys
+        (``auth``), then start the SuperNodes."""
+        link_args, node_args, connection = self._security()
         (self.home / "config.toml").write_text(
-            tomli_w.dumps(
-                {
-                    "superlink": {
-                        "default": "local",
-                        "local": {"address": f"127.0.0.1:{self.port}", "insecure": True},
-                    }
-                }
-            )
+            tomli_w.dumps({"superlink": {"default": "local", "local": connection}})
         )
         link = self._start(
             [
                 _executable("flower-superlink"),
-                "--insecure",
+                *link_args,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -175,13 +233,15 @@ class LocalDeployment:
             "superlink.log",
         )
         self._wait_for_port(link)
+        for key in self.node_keys:
+            self._flwr("supernode", "register", str(key.public_key), "local")
         for partition_id in range(self.clients):
             config = {"partition-id": partition_id, "num-partitions": self.clients}
             config |= self.node_config
             self._start(
                 [
                     _executable("flower-supernode"),
-                    "--insecure",
+                    *node_args[partition_id],
                     "--superlink",
                     f"127.0.0.1:{self.port}",
                     "--port",
@@ -296,14 +356,19 @@ def run_local(
     out: Path,
     fail_partition: int = -1,
     timeout: float = 3600.0,
+    *,
+    tls: bool = False,
+    auth: bool = False,
 ) -> dict[str, Any]:
     """Run ``config`` on a local deployment of ``clients`` SuperNodes; results in ``out``.
 
-    A run without ``sites`` trains on the first ``clients`` sites of its data. Returns the
-    report also written to ``out/flower-local.json``: ``ok``, ``run_id``, ``status`` (the
-    SuperLink's final status, or ``stopped by SIGTERM``, ``stopped by Ctrl-C`` or
-    ``failed: <error>``), ``rounds_completed`` and ``pids`` (every process the deployment
-    ran, all stopped).
+    A run without ``sites`` trains on the first ``clients`` sites of its data. ``tls`` and
+    ``auth`` are :class:`LocalDeployment`'s (``auth`` needs ``tls``); the certificates are
+    valid for ``timeout`` plus :data:`CERTIFICATE_MARGIN`. Returns the report also written
+    to ``out/flower-local.json``: ``ok``, ``run_id``, ``status`` (the SuperLink's final
+    status, or ``stopped by SIGTERM``, ``stopped by Ctrl-C`` or ``failed: <error>``),
+    ``rounds_completed``, ``tls`` and ``auth`` (whether the deployment ran with them) and
+    ``pids`` (every process the deployment ran, all stopped).
 
     Raises:
         RunFolderInUse: another deployment or run uses ``out``.
@@ -314,11 +379,17 @@ def run_local(
         with hold_run_folder(out):  # free now; the ServerApp holds it for the run
             if holds_run(out):
                 raise ValueError(f"{out} already holds a run; choose another --out or delete it")
-        return _run_local(config, clients, out, fail_partition, timeout)
+        return _run_local(config, clients, out, fail_partition, timeout, tls, auth)
 
 
 def _run_local(
-    config: RunConfig, clients: int, out: Path, fail_partition: int, timeout: float
+    config: RunConfig,
+    clients: int,
+    out: Path,
+    fail_partition: int,
+    timeout: float,
+    tls: bool,
+    auth: bool,
 ) -> dict[str, Any]:
     names = config.sites or data_source(config.dataset).site_names(config.data_root)
     if len(names) < clients:
@@ -332,8 +403,15 @@ def _run_local(
         for key, value in (("data-root", config.data_root), ("split-file", config.split_file))
         if value
     }
-    deployment = LocalDeployment(clients, node_config, out / "logs")
-    report: dict[str, Any] = {"ok": False, "run_id": None, "status": "not started"}
+    lifetime = datetime.timedelta(seconds=timeout) + CERTIFICATE_MARGIN
+    deployment = LocalDeployment(clients, node_config, out / "logs", tls, auth, lifetime)
+    report: dict[str, Any] = {
+        "ok": False,
+        "run_id": None,
+        "status": "not started",
+        "tls": tls,
+        "auth": auth,
+    }
     try:
         with stop_on_sigterm():
             try:

@@ -3,7 +3,7 @@
 Real deployments (``fedbcs flower-local``) are shared by the end-to-end checks: clean
 two-round runs of FedBCS (rounds, prototypes, processes, equality with the simulator) and
 of MOON (equality with the simulator), and a FedBCS run where one SuperNode's ClientApp
-raises (fault reporting).
+raises (fault reporting). One more runs over TLS with authenticated SuperNodes.
 """
 
 from __future__ import annotations
@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
 import tomllib
+from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,6 +44,7 @@ from fedbcs_fl.algorithms.base import ClientUpdate
 from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import load_sites
 from fedbcs_fl.flower import client_app, server_app
+from fedbcs_fl.flower.local import flower_environment, free_port
 from fedbcs_fl.flower.processes import DONE, alive, descendants, stop_processes, watch
 from fedbcs_fl.flower.records import (
     CONFIG_KEY,
@@ -51,6 +56,7 @@ from fedbcs_fl.flower.records import (
     store,
     train_reply,
 )
+from fedbcs_fl.flower.secure import write_node_keys
 from fedbcs_fl.flower.settings import (
     ENGINE_DEFAULTS,
     FLAT_FIELDS,
@@ -65,6 +71,7 @@ from fedbcs_fl.simulation import Simulation
 from fedbcs_models import UNet
 
 from .._tiny import first_conv_and_head, tiny_argv, tiny_config
+from .test_secure import handshake
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -625,3 +632,85 @@ def test_flower_local_stopped_by_sigterm_says_so(started_flower_local):
     report = json.loads((out / "flower-local.json").read_text())
     assert report["status"] == "stopped by SIGTERM" and not report["ok"]
     assert report["run_id"] is not None
+
+
+def _flower_commands(root: int, deadline: float) -> dict[str, list[list[str]]]:
+    """The argument lists of the SuperLink and the SuperNodes below ``root`` (``ps``),
+    by program, once the SuperLink and two SuperNodes run."""
+    while True:
+        assert alive(root) and time.monotonic() < deadline, "no SuperLink and SuperNodes"
+        pids = ",".join(map(str, descendants([root])))
+        table = subprocess.run(
+            ["ps", "-ww", "-o", "args=", "-p", pids], capture_output=True, text=True
+        )
+        commands: dict[str, list[list[str]]] = {"flower-superlink": [], "flower-supernode": []}
+        for args in map(shlex.split, table.stdout.splitlines()):
+            program = next((Path(a).name for a in args if Path(a).name in commands), None)
+            if program:
+                commands[program].append(args)
+        if len(commands["flower-superlink"]) == 1 and len(commands["flower-supernode"]) == 2:
+            return commands
+        time.sleep(0.5)
+
+
+def _option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.e2e
+def test_flower_local_runs_over_tls_and_admits_only_registered_supernodes(tmp_path):
+    """While the run goes on: the SuperLink speaks only TLS, with a certificate only its CA
+    vouches for, and refuses a SuperNode whose key was not registered."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedbcs_fl.cli", "flower-local", *tiny_argv("fedavg")]
+    with open(tmp_path / "flower-local.out", "wb") as output:
+        process = subprocess.Popen(
+            [*command, "--rounds", "1", "--tls", "--auth", "--out", str(out)],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        commands = _flower_commands(process.pid, time.monotonic() + 300)
+        ((link,),) = [commands["flower-superlink"]]
+        assert "--insecure" not in link and "--enable-supernode-auth" in link
+        port, ca = int(_option(link, "--port")), _option(link, "--ssl-ca-certfile")
+        for node in commands["flower-supernode"]:
+            assert "--insecure" not in node and _option(node, "--root-certificates") == ca
+            assert Path(_option(node, "--auth-supernode-private-key")).is_file()
+
+        trusting = ssl.create_default_context(cafile=ca)
+        assert ("IP Address", "127.0.0.1") in handshake(port, trusting)["subjectAltName"]
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(port, ssl.create_default_context())  # the system's CAs only
+        answer = b""  # an insecure SuperLink would answer HTTP/1.1 404
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            with suppress(ConnectionResetError):
+                answer = plain.recv(64)
+        assert not answer.startswith(b"HTTP/")
+
+        (stranger,) = write_node_keys(tmp_path / "stranger", 1)
+        with open(tmp_path / "stranger.log", "wb") as log:  # its SuperExec outlives it
+            refused = subprocess.run(
+                [
+                    str(Path(sys.executable).parent / "flower-supernode"),
+                    *("--superlink", f"127.0.0.1:{port}", "--root-certificates", ca),
+                    *("--auth-supernode-private-key", str(stranger.private_key)),
+                    *("--max-retries", "0", "--port", str(free_port())),
+                ],
+                env=flower_environment(tmp_path / "home"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
+        assert refused.returncode != 0
+        assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
+
+        assert process.wait(timeout=600) == 0, (tmp_path / "flower-local.out").read_text()
+    finally:
+        stop_processes(descendants([process.pid]))
+        process.wait()
+    report = json.loads((out / "flower-local.json").read_text())
+    assert report["ok"] and report["tls"] and report["auth"]
+    assert not [pid for pid in report["pids"] if alive(pid)]
