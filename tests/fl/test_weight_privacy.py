@@ -1,11 +1,15 @@
 """Client-level DP of the weights (fedbcs_fl/weight_privacy.py, docs/privacy.md): the clip
 bounds each site's influence, the noise is what is asked, ε grows with the rounds a site
 takes part in, the settings' errors, and runs that draw the same noise again, after a
-resume too. Against Flower's own wrapper, and the Flower engine: tests/flower."""
+resume too, and docs/privacy.md's commands. Against Flower's own wrapper, and the Flower
+engine: tests/flower."""
 
+import dataclasses
 import itertools
 import math
 import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,8 @@ from flwr.serverapp import GaussianPrivacyEvent, PrivacyConfig, RdpAccountant
 from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
 
 from fedbcs_fl.algorithms import build_algorithm
+from fedbcs_fl.cli import build_parser, config_from_args
+from fedbcs_fl.compare import expand_methods
 from fedbcs_fl.privacy import noise_for_epsilon
 from fedbcs_fl.round import aggregate_round
 from fedbcs_fl.run_folder import write_run_summary
@@ -217,3 +223,27 @@ def test_a_private_run_records_epsilon_and_resumes_bit_for_bit(tmp_path):
     write_run_summary(tmp_path, resumed.config, resumed_history)
     summary = (tmp_path / "summary.md").read_text()
     assert f"site-A ε = {spent[1]:.3g}, site-B ε = {spent[1]:.3g}, at δ = 0.05" in summary
+
+
+def _documented_commands() -> list[list[str]]:
+    """Every ``fedbcs`` command of docs/privacy.md's bash blocks, ``$eps`` as 8."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "privacy.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.splitlines():
+            line = line.split("#")[0].strip().replace("$eps", "8")
+            if line.startswith("fedbcs "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_the_documented_commands_are_valid():
+    """The privacy–utility curve is not run here: its commands must still be right."""
+    commands = _documented_commands()
+    assert len(commands) >= 6
+    parser = build_parser()
+    for argv in commands:
+        args = parser.parse_args(argv)
+        config = config_from_args(args)
+        for method in expand_methods(args.methods) if argv[0] == "compare" else [config.method]:
+            build_algorithm(dataclasses.replace(config, method=method, method_options={}))
