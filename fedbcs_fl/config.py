@@ -171,7 +171,8 @@ class RunConfig:
     )
     screen_norm_factor: float = setting(
         10.0,
-        "reject updates this many times the median norm (0: off)",
+        "reject updates this many times the median norm (0: off; off under weight DP, "
+        "whose clip bounds every update)",
         interval=NON_NEGATIVE,
         flower="extra",
     )
@@ -225,8 +226,31 @@ class RunConfig:
     dp_delta: float | None = setting(
         None,
         "δ of the reported ε",
-        none_means="1/(10·n), n a site's training images",
+        none_means="1/(10·n), n a site's training images (prototype DP) or the sites (weight DP)",
         interval="(0, 1)",
+        flower="extra",
+    )
+    # Client-level DP of the model weights, DP-FedAvg (fedbcs_fl/weight_privacy.py).
+    weight_dp_noise: float | None = setting(
+        None,
+        "differential privacy of each site's contribution to the weights (DP FedAvg): noise "
+        "multiplier z; the server adds N(0, (z·S/m)²) to the mean of the m sites' clipped "
+        "updates",
+        none_means="off",
+        interval=NON_NEGATIVE,
+        flower="extra",
+    )
+    weight_dp_epsilon: float | None = setting(
+        None,
+        "weight DP by total ε per site over the run instead, the noise solved for it",
+        none_means="off",
+        interval=POSITIVE,
+        flower="extra",
+    )
+    weight_dp_clip: float = setting(
+        1.0,
+        "weight DP: L2 bound S on each site's update (its weights − the global weights)",
+        interval=POSITIVE,
         flower="extra",
     )
     data_version: int | None = setting(

@@ -162,7 +162,7 @@ def per_image_clipped_sums(class_sums_of, labels: torch.Tensor, num_classes: int
     return clipped_class_sums(means, class_ids, num_classes, clip)
 
 
-def _stream_seed(*parts: object) -> int:
+def stream_seed(*parts: object) -> int:
     """A 63-bit seed from ``parts``, the same in every process (unlike ``hash``)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
@@ -199,7 +199,7 @@ class PrototypePrivacy:
         num_classes = counts.shape[0]
         scale = self.noise_multiplier * l2_sensitivity(num_classes)
         generator = torch.Generator().manual_seed(
-            _stream_seed("proto-dp", self.seed, self.site, self.round, stream)
+            stream_seed("proto-dp", self.seed, self.site, self.round, stream)
         )
         sum_noise = torch.randn(sums.shape, generator=generator, dtype=torch.float64)
         count_noise = torch.randn(counts.shape, generator=generator, dtype=torch.float64)

@@ -23,6 +23,9 @@ A round record, one line of ``metrics.jsonl``, has
 - ``bytes_down``: the global weights and payload each client was sent;
 - with prototype DP on, ``proto_dp_epsilon``: per client whose reply passed screening,
   the ε it has spent so far (:mod:`fedbcs_fl.privacy`);
+- with weight DP on, ``weight_dp_epsilon``: per site aggregated in this round or an
+  earlier one, the ε it has spent so far on the weights, and ``weight_dp_delta``
+  (:mod:`fedbcs_fl.weight_privacy`);
 - on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site (the mean over the
   foreground classes) and their ``mean_*`` over sites, and ``dice_per_class``,
   ``hd95_per_class`` and ``assd_per_class``: per site, ``{class id: figure}`` for every
@@ -32,6 +35,7 @@ A round record, one line of ``metrics.jsonl``, has
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +45,7 @@ from .algorithms.base import Algorithm, ClientUpdate
 from .metrics import METRICS, per_class
 from .privacy import EPSILON_KEY
 from .screening import ScreeningPolicy, cap_example_counts, global_problem, screen_updates
+from .weight_privacy import WeightPrivacy
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -78,6 +83,8 @@ def aggregate_round(
     global_payload: dict[str, torch.Tensor],
     policy: ScreeningPolicy,
     refused: dict[str, str] | None = None,
+    weight_privacy: WeightPrivacy | None = None,
+    history: Sequence[dict] = (),
 ) -> RoundResult:
     """Screen ``replies``, record the round, and aggregate the accepted replies.
 
@@ -92,6 +99,9 @@ def aggregate_round(
         policy: the screening thresholds.
         refused: ``{client: reason}`` of the replies the engine refused before screening
             (default none).
+        weight_privacy: this round's weight mechanism (default None: weight DP off).
+        history: the run's records of the earlier rounds, which the ε spent on the
+            weights so far is counted from (default none).
     """
     accepted, rejected = screen_updates(algorithm, replies, global_weights, policy)
     accepted, capped = cap_example_counts(accepted, policy)
@@ -116,15 +126,18 @@ def aggregate_round(
     spent = {name: u.metrics[EPSILON_KEY] for name, u in accepted if EPSILON_KEY in u.metrics}
     if spent:
         record[EPSILON_KEY] = spent
-    if not accepted:  # nothing usable: the global model stays as it was
-        return RoundResult(global_weights, global_payload, record)
-    weights, payload = algorithm.aggregate(
-        [update for _, update in accepted], global_weights, global_payload
-    )
-    discarded = global_problem((("", weights), ("payload ", payload)), policy)
-    if discarded:  # e.g. prototypes that passed screening but whose means overflow
-        record |= {"aggregated": [], "discarded": discarded}
-        return RoundResult(global_weights, global_payload, record)
+    weights, payload = global_weights, global_payload  # kept when nothing is usable
+    if accepted:
+        new_weights, new_payload = algorithm.aggregate(
+            [update for _, update in accepted], global_weights, global_payload, weight_privacy
+        )
+        discarded = global_problem((("", new_weights), ("payload ", new_payload)), policy)
+        if discarded:  # e.g. prototypes that passed screening but whose means overflow
+            record |= {"aggregated": [], "discarded": discarded}
+        else:
+            weights, payload = new_weights, new_payload
+    if weight_privacy is not None:
+        record |= weight_privacy.spent([*history, record])
     return RoundResult(weights, payload, record)
 
 

@@ -50,6 +50,7 @@ from .config import RunConfig
 from .data.sources import data_source
 from .privacy import privacy_statement
 from .results import CLASS_NOTE, classes_of, communication, final_round, plot_dice, summary_tables
+from .weight_privacy import weight_privacy_statement
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -462,9 +463,9 @@ def write_run_summary(
     )
     if classes_of(final_round(records)):
         setting += f" {CLASS_NOTE}"
-    privacy = privacy_statement(config, records)
-    if privacy:
-        setting += f"\n\n{privacy}"
+    for privacy in (privacy_statement(config, records), weight_privacy_statement(config, records)):
+        if privacy:
+            setting += f"\n\n{privacy}"
     tables = write_summary(folder / SUMMARY_FILE, title, setting, runs, label)
     plot = plot_dice(records, title, None if label is None else (label, base_records))
     atomic_write_bytes(folder / PLOT_FILE, plot)

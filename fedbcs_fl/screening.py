@@ -47,6 +47,7 @@ import torch
 
 from .algorithms.base import Algorithm, ClientUpdate
 from .payload import payload_problem, prototype_sets
+from .weight_privacy import weight_dp_on
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,15 @@ class ScreeningPolicy:
 
     @classmethod
     def of(cls, config) -> ScreeningPolicy:
-        """The policy of a run's :class:`~fedbcs_fl.config.RunConfig` (both engines)."""
+        """The policy of a run's :class:`~fedbcs_fl.config.RunConfig` (both engines).
+
+        With weight DP on the norm checks are off: whether one site's update passes
+        would depend on the others' (their median), which no clip bounds, and the clip
+        already bounds every update (docs/privacy.md).
+        """
         return cls(
             max_examples=config.screen_max_examples,
-            norm_factor=config.screen_norm_factor,
+            norm_factor=0.0 if weight_dp_on(config) else config.screen_norm_factor,
             count_factor=config.screen_count_factor,
         )
 

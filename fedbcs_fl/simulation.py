@@ -66,6 +66,7 @@ from .run_folder import (
     write_config,
 )
 from .screening import ScreeningPolicy
+from .weight_privacy import weight_privacy
 
 
 @dataclass
@@ -302,6 +303,8 @@ class Simulation:
             self.global_payload,
             self.policy,
             refused,
+            weight_privacy(self.config, len(self.clients), round_index),
+            self.history,
         )
         self.global_weights, self.global_payload = result.weights, result.payload
         if result.aggregated:

@@ -19,7 +19,7 @@ from fedbcs_ops import class_sums, prototypes_from_sums
 from ..aggregation import cluster_class_rows
 from ..losses import multi_positive_infonce
 from ..payload import PrototypeSet
-from ..privacy import per_image_clipped_sums
+from ..privacy import PrototypePrivacy, per_image_clipped_sums
 from ._features import build_tapped_unet
 from .base import Algorithm, ClientUpdate, LocalContext
 
@@ -54,17 +54,28 @@ def accumulate_class_sums(
 
 
 def class_mean_payload(ctx: LocalContext, suffix: str = "") -> dict[str, torch.Tensor]:
-    """``protos{suffix}`` / ``labels{suffix}`` from the sums accumulated under that suffix.
-
-    Empty when nothing was accumulated; a class without pixels is not sent. Every
-    prototype any method uploads is made here: with prototype DP on, the sums and counts
-    get the site's noise first (:meth:`~fedbcs_fl.privacy.PrototypePrivacy.release`).
-    """
+    """``protos{suffix}`` / ``labels{suffix}`` from the sums accumulated under that suffix,
+    through :func:`released_prototypes`; empty when nothing was accumulated."""
     if f"sums{suffix}" not in ctx.sums:
         return {}
     sums, counts = ctx.sums[f"sums{suffix}"], ctx.sums[f"counts{suffix}"]
-    if ctx.privacy is not None:
-        sums, counts = ctx.privacy.release(sums, counts, suffix, ctx.state)
+    return released_prototypes(sums, counts, suffix, ctx.privacy, ctx.state)
+
+
+def released_prototypes(
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    suffix: str,
+    privacy: PrototypePrivacy | None,
+    state: dict,
+) -> dict[str, torch.Tensor]:
+    """``protos{suffix}`` / ``labels{suffix}`` of class ``sums`` and ``counts``; a class
+    without pixels is not sent. Every prototype any method uploads is made here: with
+    prototype DP on, the sums and counts get the site's noise first
+    (:meth:`~fedbcs_fl.privacy.PrototypePrivacy.release`, counted in ``state``).
+    """
+    if privacy is not None:
+        sums, counts = privacy.release(sums, counts, suffix, state)
     protos, labels = present_rows(sums, counts)
     return {f"protos{suffix}": protos, f"labels{suffix}": labels}
 

@@ -30,6 +30,7 @@ from ..losses import check_dice_loss_classes, segmentation_loss
 from ..payload import PrototypeSet, Upload, prototype_sets
 from ..privacy import PrototypePrivacy, check_privacy_config, proto_dp_on
 from ..schema import Option
+from ..weight_privacy import WeightPrivacy, check_weight_privacy_config
 
 if TYPE_CHECKING:  # the config names the methods, so it imports this package
     from ..config import RunConfig
@@ -127,6 +128,7 @@ class Algorithm:
                 raise ValueError(f"{self.name} option {key} {error}") from None
         check_dice_loss_classes(config.dice_loss_classes)
         check_privacy_config(config)
+        check_weight_privacy_config(config)
         if proto_dp_on(config) and not prototype_sets(self.uploads):
             raise ValueError(
                 f"prototype DP is on but {self.name}, as configured, sends no prototypes"
@@ -175,11 +177,18 @@ class Algorithm:
         return weighted_average([u.weights for u in updates], [u.num_examples for u in updates])
 
     def next_weights(
-        self, updates: list[ClientUpdate], global_weights: dict[str, torch.Tensor]
+        self,
+        updates: list[ClientUpdate],
+        global_weights: dict[str, torch.Tensor],
+        weight_privacy: WeightPrivacy | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The next global weights by the run's ``aggregation``: ``mean`` is the method's
-        :meth:`aggregate_weights`; a robust rule (median, trimmed-mean, krum) replaces it
-        for every method (:func:`~fedbcs_fl.aggregation.robust_aggregate`)."""
+        """The next global weights: with weight DP on, ``weight_privacy``'s noisy mean of
+        the clipped updates (:mod:`fedbcs_fl.weight_privacy`); else by the run's
+        ``aggregation``: ``mean`` is the method's :meth:`aggregate_weights`, and a robust
+        rule (median, trimmed-mean, krum) replaces it for every method
+        (:func:`~fedbcs_fl.aggregation.robust_aggregate`)."""
+        if weight_privacy is not None:
+            return weight_privacy.aggregate([u.weights for u in updates], global_weights)
         if self.config.aggregation == "mean":
             return self.aggregate_weights(updates, global_weights)
         return robust_aggregate([u.weights for u in updates], self.config.aggregation)
@@ -194,9 +203,11 @@ class Algorithm:
         updates: list[ClientUpdate],
         global_weights: dict[str, torch.Tensor],
         global_payload: dict[str, torch.Tensor],
+        weight_privacy: WeightPrivacy | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The next global weights and payload from this round's client updates."""
-        weights = self.next_weights(updates, global_weights)
+        """The next global weights (:meth:`next_weights`) and payload from this round's
+        client updates."""
+        weights = self.next_weights(updates, global_weights, weight_privacy)
         return weights, self.aggregate_payload(updates, global_payload)
 
     # ---- payload contract ------------------------------------------------------------

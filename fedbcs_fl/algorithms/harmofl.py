@@ -207,8 +207,8 @@ class HarmoFL(Algorithm):
     def aggregate_weights(self, updates: list[ClientUpdate], global_weights):
         return weighted_average([u.weights for u in updates], [1.0] * len(updates))
 
-    def aggregate(self, updates, global_weights, global_payload):
-        weights = self.next_weights(updates, global_weights)
+    def aggregate(self, updates, global_weights, global_payload, weight_privacy=None):
+        weights = self.next_weights(updates, global_weights, weight_privacy)
         if bool(global_payload.get(FROZEN_KEY, False)):
             weights[AMPLITUDE_KEY] = global_weights[AMPLITUDE_KEY].clone()
         return weights, {FROZEN_KEY: torch.tensor(True)}

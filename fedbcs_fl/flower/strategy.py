@@ -38,6 +38,7 @@ from ..round import (
     stalled_rounds,
 )
 from ..screening import ScreeningPolicy
+from ..weight_privacy import weight_privacy
 from .records import PAYLOAD_KEY, read_evaluate_reply, read_train_reply, to_record
 
 
@@ -130,6 +131,9 @@ class AlgorithmStrategy(FedAvg):
             self.global_payload,
             self.policy,
             refused,
+            # the run waits for every site: min_available_nodes of them
+            weight_privacy(self.config, self.min_available_nodes, server_round),
+            self.history,
         )
         self.record, self.global_payload = result.record, result.payload
         if not result.aggregated:  # the global model stays as it was

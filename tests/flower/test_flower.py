@@ -36,6 +36,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
@@ -65,12 +66,14 @@ from fedbcs_fl.flower.settings import (
     to_run_config,
 )
 from fedbcs_fl.flower.strategy import AlgorithmStrategy
-from fedbcs_fl.round import FederationStalled
+from fedbcs_fl.round import FederationStalled, aggregate_round
 from fedbcs_fl.run_folder import LOCK_FILE, read_config, read_records
+from fedbcs_fl.screening import ScreeningPolicy
 from fedbcs_fl.simulation import Simulation
+from fedbcs_fl.weight_privacy import WeightPrivacy, weight_privacy
 from fedbcs_models import UNet
 
-from .._tiny import first_conv_and_head, tiny_argv, tiny_config
+from .._tiny import first_conv_and_head, round_one_replies, tiny_argv, tiny_config
 from .test_secure import handshake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -503,6 +506,87 @@ def test_the_watchdog_stops_what_its_parent_started_unless_told_it_is_done(tmp_p
     sleeper.wait()
 
 
+# ---- client-level DP of the weights (issue 19) ----------------------------------------------
+
+
+def _flower_reply(node: int, state: dict) -> Message:
+    """A reply as Flower's own FedAvg reads it: one ArrayRecord, one example."""
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(torch_state_dict=state),
+            "metrics": MetricRecord({"num-examples": 1}),
+        }
+    )
+    return _reply(node, content)
+
+
+def test_flowers_server_side_fixed_clipping_gives_our_mean_and_noise_scale(monkeypatch):
+    """Flower's wrapper around its FedAvg, every reply counted once (its accounted mode),
+    against :class:`WeightPrivacy`: the same clipped mean, noise of the same scale."""
+    _flower_task_identity(monkeypatch)
+    reference = {"a": torch.zeros(3, 50_000), "b": torch.ones(20_000)}
+    gen = torch.Generator().manual_seed(0)
+    states = [
+        {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in reference.items()}
+        for scale in (0.01, 0.002, 0.05)
+    ]
+
+    def flower(noise: float) -> dict[str, torch.Tensor]:
+        wrapper = DifferentialPrivacyServerSideFixedClipping(FedAvg(), noise, 0.5, len(states))
+        wrapper.current_arrays = ArrayRecord(torch_state_dict=reference)
+        replies = [_flower_reply(node, s) for node, s in enumerate(states, start=1)]
+        arrays, _ = wrapper.aggregate_train(1, replies)
+        return dict(arrays.to_torch_state_dict())
+
+    def ours(noise: float) -> dict[str, torch.Tensor]:
+        return WeightPrivacy(noise, 0.5, 1e-3, seed=0, round=1).aggregate(states, reference)
+
+    clipped, flowers_clipped = ours(0.0), flower(0.0)
+    for key in reference:
+        torch.testing.assert_close(clipped[key], flowers_clipped[key], rtol=0, atol=1e-6)
+    np.random.seed(0)  # noqa: NPY002 -- Flower draws its noise from numpy's global generator
+    noised = {"Flower's": (flower(2.0), flowers_clipped), "ours": (ours(2.0), clipped)}
+    for who, (noisy, clean) in noised.items():
+        noise = torch.cat([(noisy[k] - clean[k]).flatten() for k in reference])
+        assert noise.std().item() == pytest.approx(2.0 * 0.5 / len(states), rel=0.01), who
+
+
+def test_the_strategy_and_the_simulators_round_give_the_same_private_model(monkeypatch):
+    """The Flower engine hands its round the simulator's mechanism, round and history."""
+    _flower_task_identity(monkeypatch)
+    config = tiny_config("fedavg", weight_dp_noise=0.7, weight_dp_clip=0.05)
+    algorithm = build_algorithm(config)
+    weights, replies = round_one_replies(algorithm, clients=2)
+    strategy = AlgorithmStrategy(algorithm, config, on_round=lambda record: None)
+    history = []
+    for server_round in (1, 2):
+        strategy.global_weights = dict(weights)
+        messages = [
+            _reply(node, train_reply(update, site, node - 1))
+            for node, (site, update) in enumerate(replies, start=1)
+        ]
+        arrays, _ = strategy.aggregate_train(server_round, messages)
+        expected = aggregate_round(
+            algorithm,
+            server_round,
+            ["site-A", "site-B"],
+            replies,
+            {},
+            weights,
+            {},
+            ScreeningPolicy.of(config),
+            weight_privacy=weight_privacy(config, 2, server_round),
+            history=history,
+        )
+        flower = arrays.to_torch_state_dict()
+        for key, value in expected.weights.items():
+            assert torch.equal(flower[key], value), key
+        assert strategy.record["weight_dp_epsilon"] == expected.record["weight_dp_epsilon"]
+        history.append(expected.record)
+        strategy.history.append(strategy.record)
+    assert 0 < history[0]["weight_dp_epsilon"]["site-A"] < history[1]["weight_dp_epsilon"]["site-A"]
+
+
 # ---- real deployments ----------------------------------------------------------------------
 
 
@@ -559,6 +643,25 @@ def test_flower_and_the_simulator_give_the_same_global_model(clean_runs, method)
     assert flower.keys() == simulation.global_weights.keys()
     for key, tensor in simulation.global_weights.items():
         torch.testing.assert_close(flower[key], tensor, rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.e2e
+def test_flower_and_the_simulator_give_the_same_private_model(tmp_path):
+    """Weight DP on a real deployment: the same noise, the same ε in every record."""
+    out = tmp_path / "private"
+    dp = ["--weight-dp-noise", "0.5", "--weight-dp-clip", "0.1"]
+    result = flower_local(out, "fedavg", "--clients", "2", "--eval-every", "2", *dp)
+    assert result.returncode == 0, result.stderr + result.stdout
+    config = RunConfig.load(out / "config.json")
+    assert config.weight_dp_noise == 0.5
+    simulation = Simulation(config, load_sites(config), out_dir=None, progress=False)
+    history = simulation.run()
+    flower = load_file(str(out / "model.safetensors"))
+    for key, tensor in simulation.global_weights.items():
+        torch.testing.assert_close(flower[key], tensor, rtol=0, atol=1e-6, msg=key)
+    spent = [record["weight_dp_epsilon"] for record in records(out)]
+    assert spent == [record["weight_dp_epsilon"] for record in history]
+    assert "Client-level differential privacy of the weights" in (out / "summary.md").read_text()
 
 
 @pytest.mark.e2e
