@@ -3,7 +3,8 @@
 Each round: choose the participating clients, train each locally from the global
 weights (:func:`fedbcs_fl.client.local_train`), hand the replies to the engine-neutral
 server side (:func:`fedbcs_fl.round.aggregate_round`: screen, aggregate, record), evaluate
-the global model on every site's test split, append the record to ``metrics.jsonl``
+the global model on every site's test split (HD95 and ASSD on the rounds
+:func:`~fedbcs_fl.round.is_surface_round` picks), append the record to ``metrics.jsonl``
 (:mod:`fedbcs_fl.run_folder`) and write a checkpoint. A client that raises, drops out or
 runs past ``client_timeout`` is reported and the round goes on with the others; if no
 reply is accepted the global model stays as it was, and after ``stall_rounds`` such
@@ -54,6 +55,7 @@ from .round import (
     aggregate_round,
     evaluation_fields,
     is_evaluation_round,
+    is_surface_round,
     stalled_rounds,
 )
 from .run_folder import (
@@ -263,11 +265,13 @@ class Simulation:
             raise outcome["error"]
         return outcome["update"]
 
-    def evaluate(self, model: nn.Module | None = None) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, model: nn.Module | None = None, distances: bool = True
+    ) -> dict[str, dict[str, float]]:
         """Metrics of the global model (or ``model``) on every site's test split, in
-        batches of ``eval_batch_size``."""
+        batches of ``eval_batch_size``; HD95 and ASSD only with ``distances``."""
         model = model or self.global_model
-        return evaluate_sites(model, self.sites, self.config)
+        return evaluate_sites(model, self.sites, self.config, distances)
 
     def run_round(self, round_index: int) -> dict:
         start = time.perf_counter()
@@ -308,7 +312,8 @@ class Simulation:
             self.global_model.load_state_dict(self.global_weights)
         record = result.record
         if is_evaluation_round(self.config, round_index):
-            record |= evaluation_fields(self.evaluate())
+            distances = is_surface_round(self.config, round_index)
+            record |= evaluation_fields(self.evaluate(distances=distances))
         record["seconds"] = time.perf_counter() - start
         return record
 
