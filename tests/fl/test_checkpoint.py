@@ -30,12 +30,17 @@ def held_writes(monkeypatch):
 
 
 def test_the_state_is_written_as_it_was_handed_over(tmp_path, held_writes):
-    moments = torch.zeros(4)
+    moments, step = torch.zeros(4), torch.zeros(())
+    # As an optimiser's state dict nests them: dicts by int, lists and tuples.
+    state = {"round": 1, "optimizer": {"state": {0: {"exp_avg": moments}}, "groups": [(step,)]}}
     with CheckpointWriter() as checkpoints:
-        checkpoints.write(tmp_path / CHECKPOINT_NAME, {"round": 1, "moments": moments})
+        checkpoints.write(tmp_path / CHECKPOINT_NAME, state)
         moments += 1  # the next round's optimiser step, before the thread has written
+        step += 1
         held_writes.set()
-    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["moments"].equal(torch.zeros(4))
+    written = load_checkpoint(tmp_path / CHECKPOINT_NAME)["optimizer"]
+    assert written["state"][0]["exp_avg"].equal(torch.zeros(4))
+    assert written["groups"][0][0].equal(torch.zeros(()))
 
 
 def test_leaving_the_writer_waits_for_the_last_write(tmp_path, held_writes):
