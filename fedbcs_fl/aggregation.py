@@ -15,12 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-with warnings.catch_warnings():
-    # finch-clust warns at import that its optional approximate-NN backend is missing;
-    # exact nearest neighbours are what we want for a handful of prototypes.
-    warnings.simplefilter("ignore", UserWarning)
-    from finch import FINCH
-
 
 def weighted_average(
     states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]
@@ -115,6 +109,13 @@ def finch_cluster_means(vectors: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"finch_cluster_means needs [N, D] vectors with N ≥ 1, got {shape}")
     if vectors.shape[0] == 1:
         return vectors.clone()
+    with warnings.catch_warnings():
+        # finch-clust warns at import that its optional approximate-NN backend is missing;
+        # exact nearest neighbours are what we want for a handful of prototypes. It loads
+        # scikit-learn and SciPy: only a run that clusters pays for them.
+        warnings.simplefilter("ignore", UserWarning)
+        from finch import FINCH
+
     data = vectors.detach().to(torch.float32).cpu().numpy()
     partitions, _, _ = FINCH(data, distance="cosine", verbose=False)
     labels = partitions[:, -1]

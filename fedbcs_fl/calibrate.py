@@ -234,7 +234,7 @@ def _train(config: RunConfig, sites: list[SiteData]) -> nn.Module:
 
 def _dice(model: nn.Module, sites: list[SiteData], config: RunConfig) -> list[float]:
     """Dice (%) of ``model`` on each site's test split, scored as the engines score it."""
-    return [100 * evaluate_site(model, site, config)["dice"] for site in sites]
+    return [100 * evaluate_site(model, site, config, distances=False)["dice"] for site in sites]
 
 
 def pooled_site(sites: list[SiteData]) -> SiteData:

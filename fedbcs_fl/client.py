@@ -143,30 +143,39 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device):
     return torch.cat(preds), torch.cat(masks)
 
 
-def evaluate_site(model: nn.Module, site: SiteData, config: RunConfig) -> dict[str, float]:
+def evaluate_site(
+    model: nn.Module, site: SiteData, config: RunConfig, distances: bool = True
+) -> dict[str, float]:
     """The metrics of ``model`` on ``site``'s test split as both engines score the global
     model: :func:`evaluate_split` in batches of the run's ``eval_batch_size``, over the
-    run's ``num_classes``."""
+    run's ``num_classes``; HD95 and ASSD only with ``distances`` (default)."""
     device = torch.device(config.device)
-    return evaluate_split(model, site.test, config.eval_batch_size, device, config.num_classes)
+    return evaluate_split(
+        model, site.test, config.eval_batch_size, device, config.num_classes, distances
+    )
 
 
 def evaluate_sites(
-    model: nn.Module, sites: list[SiteData], config: RunConfig
+    model: nn.Module, sites: list[SiteData], config: RunConfig, distances: bool = True
 ) -> dict[str, dict[str, float]]:
     """:func:`evaluate_site` on every site: site name → metrics."""
-    return {site.name: evaluate_site(model, site, config) for site in sites}
+    return {site.name: evaluate_site(model, site, config, distances) for site in sites}
 
 
 def evaluate_split(
-    model: nn.Module, dataset, batch_size: int, device: torch.device, num_classes: int
+    model: nn.Module,
+    dataset,
+    batch_size: int,
+    device: torch.device,
+    num_classes: int,
+    distances: bool = True,
 ) -> dict[str, float]:
-    """Dice, HD95 and ASSD per class and their means over the foreground classes
-    (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model`` on one split, in order,
-    ``batch_size`` images at a time.
+    """Dice, and with ``distances`` (default) HD95 and ASSD, per class and their means over
+    the foreground classes (:func:`~fedbcs_fl.metrics.segmentation_metrics`) of ``model``
+    on one split, in order, ``batch_size`` images at a time.
 
     The batch size is part of the result: the UNet's BatchNorm keeps no running statistics
     (as released), so in ``eval()`` mode it normalises each batch with its own.
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    return segmentation_metrics(*predict(model, loader, device), num_classes)
+    return segmentation_metrics(*predict(model, loader, device), num_classes, distances)

@@ -159,6 +159,14 @@ class RunConfig:
     eval_every: int = setting(
         1, "evaluate every N rounds, and after the last", interval=AT_LEAST_ONE
     )
+    # HD95 and ASSD took half an evaluation's time (issue 18); Dice is every evaluated round's.
+    surface_metrics_every: int | None = setting(
+        None,
+        "also HD95 and ASSD on the evaluated rounds that are multiples of N, and the last",
+        none_means="the last round only",
+        interval=AT_LEAST_ONE,
+        flower_none=0,
+    )
     checkpoint_every: int = setting(
         1, "checkpoint every N rounds, and after the last", interval=AT_LEAST_ONE, flower="extra"
     )

@@ -22,8 +22,10 @@ uploads none they are an error when the drill is read, before training, and so i
 that names a client, or spoofs a site, that is not in the run.
 
 ``FEDBCS_KILL_AT=ROUND:PHASE`` makes the process SIGKILL itself at ``local`` (after the
-first local step of the round), ``aggregate`` or ``checkpoint`` (checkpoint written to
-its temporary file, not yet renamed): the crash test's switch.
+first local step of the round), ``aggregate``, ``checkpoint`` (checkpoint written to its
+temporary file, not yet renamed) or ``in-flight`` (the same, once the next round has
+taken a local step meanwhile: killed while the background write is in flight; ROUND must
+not be the last): the crash test's switch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 import random
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,7 +75,7 @@ VALUE_KINDS: dict[str, tuple[type, str]] = {
     "scale_protos": (float, "F"),
     "spoof": (str, "SITE"),
 }
-KILL_PHASES = ("local", "aggregate", "checkpoint")
+KILL_PHASES = ("local", "aggregate", "checkpoint", "in-flight")
 _ENTRY = re.compile(
     r"(?P<client>[^:=@,]+):(?P<kind>[a-z_]+)(=(?P<value>[^@]+))?@(?P<rounds>\*|\d+(-\d+)?)"
 )
@@ -339,8 +342,21 @@ GARBAGE: dict[str, tuple[bool, Callable[[ClientUpdate, list[PrototypeSet]], dict
 }
 
 
+# Set, under FEDBCS_KILL_AT=ROUND:in-flight, by the first local step after that round.
+_NEXT_ROUND_STEPPED = threading.Event()
+
+
 def maybe_kill(round_index: int, phase: str) -> None:
-    """SIGKILL this process when ``FEDBCS_KILL_AT`` names this round and phase."""
+    """SIGKILL this process when ``FEDBCS_KILL_AT`` names this round and phase; for
+    ``in-flight``, the checkpoint writer's thread waits at ``checkpoint`` for the next
+    round's first local step, then kills."""
     target = os.environ.get("FEDBCS_KILL_AT")
-    if target and target == f"{round_index}:{phase}":
+    if not target:
+        return
+    if target == f"{round_index}:{phase}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if target == f"{round_index - 1}:in-flight" and phase == "local":
+        _NEXT_ROUND_STEPPED.set()
+    if target == f"{round_index}:in-flight" and phase == "checkpoint":
+        _NEXT_ROUND_STEPPED.wait()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -9,6 +9,10 @@ image is left out of the mean over classes (NaN when every class is). ``empty_pr
 counts the images left out of every class's distances.
 
 With two classes (background and foreground) the means are the foreground's figures.
+
+HD95 and ASSD cost far more than Dice (MONAI finds every mask's edges): a run computes them
+only on some rounds (``--surface-metrics-every``), and then asks for them with
+``distances``.
 """
 
 from __future__ import annotations
@@ -38,8 +42,14 @@ def _mean_defined(values: list[float]) -> float:
     return sum(defined) / len(defined) if defined else math.nan
 
 
+def metric_names(distances: bool = True) -> tuple[str, ...]:
+    """The metrics :func:`segmentation_metrics` gives: Dice, and HD95 and ASSD with
+    ``distances``."""
+    return METRICS if distances else ("dice",)
+
+
 def segmentation_metrics(
-    preds: torch.Tensor, masks: torch.Tensor, num_classes: int
+    preds: torch.Tensor, masks: torch.Tensor, num_classes: int, distances: bool = True
 ) -> dict[str, float]:
     """Dice, HD95 and ASSD of ``[N, H, W]`` class-id predictions against masks.
 
@@ -47,11 +57,12 @@ def segmentation_metrics(
         preds: predicted class ids, int64 ``[N, H, W]``.
         masks: true class ids, int64 ``[N, H, W]``, each in [0, ``num_classes``).
         num_classes: K, background (0) included; the foreground classes are 1 … K−1.
+        distances: also HD95 and ASSD (default); without, their keys are left out.
 
     Returns:
-        Per foreground class c, ``"dice/c"``, ``"hd95/c"`` and ``"assd/c"``
-        (:func:`class_key`); ``"dice"``, ``"hd95"`` and ``"assd"``, their means over the
-        foreground classes; and ``"empty_pred"``. Dice is in [0, 1], distances in pixels.
+        Per foreground class c and metric m of :func:`metric_names`, ``"m/c"``
+        (:func:`class_key`), and ``"m"``, the mean over the foreground classes; and
+        ``"empty_pred"``. Dice is in [0, 1], distances in pixels.
     """
     # MONAI takes seconds to import: only code that scores predictions pays for it.
     from monai.metrics import (
@@ -68,6 +79,8 @@ def segmentation_metrics(
     out: dict[str, float] = {}
     for c in range(1, num_classes):
         out[class_key("dice", c)] = float(dice[:, c - 1].mean())
+        if not distances:
+            continue
         keep = defined[:, c - 1]
         if not keep.any():
             out[class_key("hd95", c)] = out[class_key("assd", c)] = math.nan
@@ -84,7 +97,7 @@ def segmentation_metrics(
             )
         out[class_key("hd95", c)] = float(hd95.mean())
         out[class_key("assd", c)] = float(assd.mean())
-    for metric in METRICS:
+    for metric in metric_names(distances):
         out[metric] = _mean_defined([out[class_key(metric, c)] for c in range(1, num_classes)])
     out["empty_pred"] = int((~defined).all(1).sum())
     return out

@@ -25,6 +25,12 @@ BEST_ROUND_CAPTION = (
 )
 
 
+NOT_COMPUTED = (
+    "not computed on this round (HD95 and ASSD are computed on the last round, and every "
+    "N rounds with --surface-metrics-every N)."
+)
+
+
 def evaluated_rounds(records: list[dict]) -> list[dict]:
     """The records of the rounds that were evaluated (they hold ``dice``)."""
     evaluated = [r for r in records if "dice" in r]
@@ -56,7 +62,8 @@ class Metric:
 
 
 # Surface distances are in pixels of the evaluated images (MONAI, no spacing); NaN where
-# a prediction or mask is empty, skipped by the means.
+# a prediction or mask is empty, skipped by the means. A round that did not compute them
+# (``--surface-metrics-every``) has no such keys.
 METRICS = {
     "dice": Metric("dice", "Dice (%)", 100.0, True),
     "hd95": Metric("hd95", "HD95 (px)", 1.0, False),
@@ -252,7 +259,8 @@ def communication(records: list[dict]) -> str:
 def summary_tables(runs: list[tuple[str, list[dict]]], baseline: str | None = None) -> str:
     """With a baseline, the :func:`verdict` first; then the final-round tables and the
     best-round ones, each under its caption: Dice, and HD95 and ASSD where the records
-    hold them, each with Δ against the baseline.
+    hold them, each with Δ against the baseline; where a run computed them on other rounds
+    than the one picked, a line says so.
 
     Args:
         runs: (method label, the run's round records).
@@ -268,6 +276,8 @@ def summary_tables(runs: list[tuple[str, list[dict]]], baseline: str | None = No
             if all(metric in pick(records) for _, records in runs):
                 table = table1(results, sites, baseline, pick, False, True, metric)
                 parts.append(f"{METRICS[metric].name}\n\n{table}")
+            elif any(metric in record for _, records in runs for record in records):
+                parts.append(f"{METRICS[metric].name}: {NOT_COMPUTED}")
         tables.append("\n\n".join(parts))
     if baseline is not None:
         tables.insert(0, verdict(runs, baseline))

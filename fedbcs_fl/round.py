@@ -8,7 +8,8 @@ replies (:func:`~fedbcs_fl.screening.screen_updates`), bounds their example coun
 algorithm's server side, keeps the result only if it is usable
 (:func:`~fedbcs_fl.screening.global_problem`) and writes the round's record. On the
 rounds :func:`is_evaluation_round` picks, the engine adds the evaluation of the new
-global model (:func:`evaluation_fields`), then the round's ``seconds``. An engine stops
+global model (:func:`evaluation_fields`), with HD95 and ASSD on those of them
+:func:`is_surface_round` picks, then the round's ``seconds``. An engine stops
 the run when :func:`stalled_rounds` reaches the run's ``stall_rounds``.
 
 A round record, one line of ``metrics.jsonl``, has
@@ -26,10 +27,10 @@ A round record, one line of ``metrics.jsonl``, has
 - with weight DP on, ``weight_dp_epsilon``: per site aggregated in this round or an
   earlier one, the ε it has spent so far on the weights, and ``weight_dp_delta``
   (:mod:`fedbcs_fl.weight_privacy`);
-- on evaluation rounds: ``dice``, ``hd95`` and ``assd`` per site (the mean over the
-  foreground classes) and their ``mean_*`` over sites, and ``dice_per_class``,
-  ``hd95_per_class`` and ``assd_per_class``: per site, ``{class id: figure}`` for every
-  foreground class;
+- on evaluation rounds: ``dice`` per site (the mean over the foreground classes) and its
+  ``mean_dice`` over sites, and ``dice_per_class``: per site, ``{class id: figure}`` for
+  every foreground class; on surface rounds also the same of ``hd95`` and ``assd`` (not
+  computed on the other rounds, so absent there, never NaN for "not computed");
 - ``seconds``.
 """
 
@@ -174,12 +175,24 @@ def is_evaluation_round(config, round_index: int) -> bool:
     return round_index % config.eval_every == 0 or round_index == config.rounds
 
 
+def is_surface_round(config, round_index: int) -> bool:
+    """Whether an evaluation round also computes HD95 and ASSD: the last round, and every
+    ``surface_metrics_every`` rounds where that is given. Both engines ask this."""
+    every = config.surface_metrics_every
+    last = round_index == config.rounds
+    return is_evaluation_round(config, round_index) and (
+        last or (every is not None and round_index % every == 0)
+    )
+
+
 def evaluation_fields(evaluation: dict[str, dict[str, float]]) -> dict:
-    """The evaluation keys of a round record: per-site and mean (NaN-skipping) Dice, HD95
-    and ASSD, and per site each foreground class's, from
+    """The evaluation keys of a round record: per-site and mean (NaN-skipping) Dice, and
+    HD95 and ASSD where every site has them, and per site each foreground class's, from
     ``{site: segmentation_metrics(...)}``."""
     fields = {}
     for metric in METRICS:
+        if not all(metric in m for m in evaluation.values()):
+            continue  # not computed this round
         fields[metric] = {site: m[metric] for site, m in evaluation.items()}
         fields[f"mean_{metric}"] = float(np.nanmean(list(fields[metric].values())))
         fields[f"{metric}_per_class"] = {

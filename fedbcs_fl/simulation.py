@@ -3,13 +3,16 @@
 Each round: choose the participating clients, train each locally from the global
 weights (:func:`fedbcs_fl.client.local_train`), hand the replies to the engine-neutral
 server side (:func:`fedbcs_fl.round.aggregate_round`: screen, aggregate, record), evaluate
-the global model on every site's test split, append the record to ``metrics.jsonl``
-(:mod:`fedbcs_fl.run_folder`) and write a checkpoint. A client that raises, drops out or
-runs past ``client_timeout`` is reported and the round goes on with the others; if no
-reply is accepted the global model stays as it was, and after ``stall_rounds`` such
-rounds in a row the run stops with :class:`~fedbcs_fl.round.FederationStalled`. Each
-client is enrolled as its site (:mod:`fedbcs_fl.identity`): a reply that claims another
-site is rejected under the name of the client that sent it.
+the global model on every site's test split (HD95 and ASSD on the rounds
+:func:`~fedbcs_fl.round.is_surface_round` picks), append the record to ``metrics.jsonl``
+(:mod:`fedbcs_fl.run_folder`) and write a checkpoint, in the background while the next
+round trains (:class:`~fedbcs_fl.checkpoint.CheckpointWriter`). A client that raises,
+drops out or runs past ``client_timeout`` is reported and the round goes on with the
+others; if no reply is accepted the global model stays as it was, and after
+``stall_rounds`` such rounds in a row the run stops with
+:class:`~fedbcs_fl.round.FederationStalled`. Each client is enrolled as its site
+(:mod:`fedbcs_fl.identity`): a reply that claims another site is rejected under the name
+of the client that sent it.
 
 With a ``client_timeout``, a client trains its round on a copy of its model, optimiser,
 state and shuffling generator, in a daemon thread. A reply in time (or an error) is
@@ -18,7 +21,9 @@ deadline is abandoned: the client keeps what it had before the round, the worker
 its next step, and a worker that never returns cannot keep the process alive.
 
 A killed run resumes from its last checkpoint (:meth:`Simulation.resume`) and ends with
-the same model, bit for bit, as an uninterrupted run. The run folder is held
+the same model, bit for bit, as an uninterrupted run, also when it was killed while a
+checkpoint was being written: the write is of a copy of the state, renamed into place
+whole, and the run returns only once the last one is written. The run folder is held
 (:func:`~fedbcs_fl.run_folder.hold_run_folder`) while the rounds run.
 """
 
@@ -40,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .algorithms import build_algorithm
 from .algorithms.base import Algorithm, ClientUpdate
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CheckpointWriter, load_checkpoint
 from .client import evaluate_sites, local_train, make_optimizer, model_weights, train_loader
 from .config import RunConfig
 from .data.base import SiteData
@@ -54,6 +59,7 @@ from .round import (
     aggregate_round,
     evaluation_fields,
     is_evaluation_round,
+    is_surface_round,
     stalled_rounds,
 )
 from .run_folder import (
@@ -264,11 +270,13 @@ class Simulation:
             raise outcome["error"]
         return outcome["update"]
 
-    def evaluate(self, model: nn.Module | None = None) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, model: nn.Module | None = None, distances: bool = True
+    ) -> dict[str, dict[str, float]]:
         """Metrics of the global model (or ``model``) on every site's test split, in
-        batches of ``eval_batch_size``."""
+        batches of ``eval_batch_size``; HD95 and ASSD only with ``distances``."""
         model = model or self.global_model
-        return evaluate_sites(model, self.sites, self.config)
+        return evaluate_sites(model, self.sites, self.config, distances)
 
     def run_round(self, round_index: int) -> dict:
         start = time.perf_counter()
@@ -311,7 +319,8 @@ class Simulation:
             self.global_model.load_state_dict(self.global_weights)
         record = result.record
         if is_evaluation_round(self.config, round_index):
-            record |= evaluation_fields(self.evaluate())
+            distances = is_surface_round(self.config, round_index)
+            record |= evaluation_fields(self.evaluate(distances=distances))
         record["seconds"] = time.perf_counter() - start
         return record
 
@@ -356,9 +365,9 @@ class Simulation:
         self.selection_rng.bit_generator.state = json.loads(state["selection_rng"])
         torch.set_rng_state(state["torch_rng"])
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, checkpoints: CheckpointWriter) -> None:
         rounds = self.completed_rounds
-        save_checkpoint(
+        checkpoints.write(
             self.out_dir / CHECKPOINT_NAME,
             self.state_dict(),
             before_rename=lambda: maybe_kill(rounds, "checkpoint"),
@@ -387,15 +396,17 @@ class Simulation:
             FederationStalled: ``stall_rounds`` rounds in a row aggregated no reply (their
                 records and checkpoint are written first).
             RunFolderInUse: another process holds ``out_dir``.
-            OSError: a file of the run folder could not be written (e.g. a full disk);
-                what was written before is intact, and the run can be resumed.
+            OSError: a file of the run folder could not be written (e.g. a full disk; a
+                checkpoint's error is raised the round after, or at the end); what was
+                written before is intact, and the run can be resumed.
         """
         if self.out_dir is None:
-            return self._run_rounds()
-        with hold_run_folder(self.out_dir):
-            return self._run_rounds()
+            return self._run_rounds(None)
+        # Leaving the writer waits for the last checkpoint, before the folder is released.
+        with hold_run_folder(self.out_dir), CheckpointWriter() as checkpoints:
+            return self._run_rounds(checkpoints)
 
-    def _run_rounds(self) -> list[dict]:
+    def _run_rounds(self, checkpoints: CheckpointWriter | None) -> list[dict]:
         if self.out_dir is not None:
             write_config(self.out_dir, self.config)
         rounds = range(self.completed_rounds + 1, self.config.rounds + 1)
@@ -407,7 +418,7 @@ class Simulation:
             if self.out_dir is not None:
                 append_record(self.out_dir, record)
                 if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
-                    self._save_checkpoint()
+                    self._save_checkpoint(checkpoints)
             if self.progress:
                 bar.write(self._round_line(record))
             if self.on_round is not None:
@@ -415,6 +426,7 @@ class Simulation:
             if stalled_rounds(self.history) >= self.config.stall_rounds:
                 raise FederationStalled.after(self.history)
         if self.out_dir is not None:
+            checkpoints.wait()  # a finished run's model is never ahead of its checkpoint
             save_model(self.out_dir, self.global_weights, self.config)
         return self.history
 

@@ -49,10 +49,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
-from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
-from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
-from segmentation_models_pytorch.decoders.unetplusplus.decoder import UnetPlusPlusDecoder
 from torch import nn
 
 from ._discovery import DRY_RUN_SIZE, dry_run, encoder_of, input_channels
@@ -74,15 +70,37 @@ class DecoderTaps:
     bottleneck: Callable[[nn.Module], nn.Module] | None = None
 
 
+def _qualified_name(cls: type) -> str:
+    """A class's module and name, e.g. ``"fedbcs_models._unet.UNetDecoder"``: its key in
+    :data:`DECODER_TAPS`."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_SMP = "segmentation_models_pytorch.decoders"
+# Decoder types by qualified name, not by class: the table needs no import of smp (which
+# takes seconds, through timm and torchvision), as a model with an smp decoder has
+# imported smp itself.
 DECODER_TAPS = {
-    UNetDecoder: DecoderTaps(lambda decoder: list(decoder.blocks), lambda decoder: decoder.center),
-    UnetDecoder: DecoderTaps(lambda decoder: list(decoder.blocks), lambda decoder: decoder.center),
-    UnetPlusPlusDecoder: DecoderTaps(
+    _qualified_name(UNetDecoder): DecoderTaps(
+        lambda decoder: list(decoder.blocks), lambda decoder: decoder.center
+    ),
+    f"{_SMP}.unet.decoder.UnetDecoder": DecoderTaps(
+        lambda decoder: list(decoder.blocks), lambda decoder: decoder.center
+    ),
+    f"{_SMP}.unetplusplus.decoder.UnetPlusPlusDecoder": DecoderTaps(
         lambda decoder: [decoder.blocks[f"x_0_{column}"] for column in range(decoder.depth + 1)]
     ),
-    FPNDecoder: DecoderTaps(lambda decoder: [decoder.p5, decoder.p4, decoder.p3, decoder.p2]),
-    DeepLabV3PlusDecoder: DecoderTaps(lambda decoder: [decoder.aspp, decoder.block2]),
+    f"{_SMP}.fpn.decoder.FPNDecoder": DecoderTaps(
+        lambda decoder: [decoder.p5, decoder.p4, decoder.p3, decoder.p2]
+    ),
+    f"{_SMP}.deeplabv3.decoder.DeepLabV3PlusDecoder": DecoderTaps(
+        lambda decoder: [decoder.aspp, decoder.block2]
+    ),
 }
+
+
+def _valid_decoders() -> str:
+    return ", ".join(name.rpartition(".")[2] for name in DECODER_TAPS)
 
 
 class TappedForward(NamedTuple):
@@ -122,12 +140,11 @@ def tappable_module(model: nn.Module) -> nn.Module:
     for module in model.modules():
         encoder = getattr(module, "encoder", None)
         decoder = getattr(module, "decoder", None)
-        if hasattr(encoder, "out_channels") and type(decoder) in DECODER_TAPS:
+        if hasattr(encoder, "out_channels") and _qualified_name(type(decoder)) in DECODER_TAPS:
             return module
-    valid = ", ".join(kind.__name__ for kind in DECODER_TAPS)
     raise TypeError(
         f"{type(model).__name__} holds no module with an encoder and a decoder FeatureTaps "
-        f"can tap; valid decoders: {valid}"
+        f"can tap; valid decoders: {_valid_decoders()}"
     )
 
 
@@ -137,7 +154,8 @@ class FeatureTaps:
     Args:
         model: :class:`~fedbcs_models.UNet` or an smp Unet, UnetPlusPlus, FPN or
             DeepLabV3Plus (the decoder types in ``DECODER_TAPS``; add a
-            :class:`DecoderTaps` entry there for another decoder). The model is not
+            :class:`DecoderTaps` entry there, keyed ``"module.ClassName"``, for another
+            decoder). The model is not
             changed: hooks are in place only inside :meth:`forward_with_levels`, so
             ``model(x)`` costs and returns as before.
 
@@ -169,11 +187,11 @@ class FeatureTaps:
     def __init__(self, model: nn.Module):
         encoder = encoder_of(model)
         decoder = getattr(model, "decoder", None)
-        taps = DECODER_TAPS.get(type(decoder))
+        taps = DECODER_TAPS.get(_qualified_name(type(decoder)))
         if taps is None:
-            valid = ", ".join(kind.__name__ for kind in DECODER_TAPS)
             raise TypeError(
-                f"FeatureTaps cannot tap a decoder of type {type(decoder).__name__}; valid: {valid}"
+                f"FeatureTaps cannot tap a decoder of type {type(decoder).__name__}; valid: "
+                f"{_valid_decoders()}"
             )
         self.model = model
         self.in_channels = input_channels(encoder)

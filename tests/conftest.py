@@ -75,9 +75,9 @@ def eval_batch_sizes(monkeypatch) -> list[int]:
     seen: list[int] = []
     original = client.evaluate_split
 
-    def recording(model, dataset, batch_size, device, num_classes):
+    def recording(model, dataset, batch_size, device, num_classes, *distances):
         seen.append(batch_size)
-        return original(model, dataset, batch_size, device, num_classes)
+        return original(model, dataset, batch_size, device, num_classes, *distances)
 
     monkeypatch.setattr(client, "evaluate_split", recording)
     return seen

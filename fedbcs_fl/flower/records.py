@@ -28,6 +28,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from ..algorithms.base import ClientUpdate
+from ..metrics import METRICS
 
 WEIGHTS_KEY = "arrays"
 PAYLOAD_KEY = "payload"
@@ -125,22 +126,25 @@ def read_train_reply(content: RecordDict) -> tuple[ClientUpdate, int]:
     return update, partition_id
 
 
-# The metrics every evaluate reply holds: the evaluation fields of a round record.
-EVALUATION_METRICS = ("dice", "hd95", "assd")
-
-
-def read_evaluate_reply(content: RecordDict) -> tuple[dict[str, float], object, int]:
+def read_evaluate_reply(
+    content: RecordDict, expected: tuple[str, ...] = METRICS
+) -> tuple[dict[str, float], object, int]:
     """``(metrics, claimed site, partition id)`` of an evaluate reply's content.
+
+    Args:
+        content: the reply's content.
+        expected: the metrics it must hold: the round's evaluation fields
+            (:func:`~fedbcs_fl.metrics.metric_names`; default all of them).
 
     Raises:
         ValueError: a record is missing or of another type, the partition id is not an
-            integer, or a metric of :data:`EVALUATION_METRICS` is missing or not a number
-            (NaN is a number here: HD95 of an empty prediction).
+            integer, or a metric of ``expected`` is missing or not a number (NaN is a
+            number here: HD95 of an empty prediction).
     """
     records = _records(content, (METRICS_KEY, SITE_KEY))
     partition_id = _partition_id(records[SITE_KEY])
     metrics = dict(records[METRICS_KEY])
-    for name in EVALUATION_METRICS:
+    for name in expected:
         if type(metrics.get(name)) is not float:
             raise ValueError(f"its metric {name!r} is {metrics.get(name)!r}, not a number")
     return metrics, records[SITE_KEY].get("name"), partition_id

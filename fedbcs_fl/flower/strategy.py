@@ -30,11 +30,13 @@ from flwr.serverapp.strategy import FedAvg
 from ..algorithms.base import Algorithm
 from ..config import RunConfig
 from ..identity import Enrolment
+from ..metrics import metric_names
 from ..round import (
     FederationStalled,
     aggregate_round,
     evaluation_fields,
     is_evaluation_round,
+    is_surface_round,
     stalled_rounds,
 )
 from ..screening import ScreeningPolicy
@@ -51,7 +53,8 @@ class AlgorithmStrategy(FedAvg):
         on_round: called with each round's record once the round's evaluation is in:
             the simulator's keys (``round``, ``clients``, ``aggregated``, ``faults``,
             ``client_metrics``, ``prototypes_uploaded``, ``bytes_up``, ``bytes_down``,
-            ``dice``/``hd95``/``assd`` and their ``mean_*``, ``seconds``) plus
+            ``dice`` and its ``mean_dice``, and ``hd95``/``assd`` and theirs on the rounds
+            :func:`~fedbcs_fl.round.is_surface_round` picks, ``seconds``) plus
             ``evaluation_faults``. A node is named by the site it enrolled as, else as
             ``node <id>``.
         **fedavg: FedAvg's sampling settings (``fraction_train=1.0``,
@@ -160,11 +163,12 @@ class AlgorithmStrategy(FedAvg):
         replies = list(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
         faults = self._faults(replies)
+        expected = metric_names(is_surface_round(self.config, server_round))
         per_site, read = [], []
         for message in sorted(valid, key=lambda m: m.metadata.src_node_id):
             node = message.metadata.src_node_id
             try:
-                metrics, claimed, partition_id = read_evaluate_reply(message.content)
+                metrics, claimed, partition_id = read_evaluate_reply(message.content, expected)
             except ValueError as error:
                 faults[self.enrolment.name(node)] = f"unreadable reply: {error}"
                 continue

@@ -10,6 +10,8 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
+from fedbcs_fl.checkpoint import load_checkpoint
+
 from .._tiny import tiny_argv
 
 # A FedBCS run of three rounds: kills in round 2 and 3 leave rounds to resume.
@@ -54,6 +56,26 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, uninterrupted, kill_at):
     rounds = [json.loads(line)["round"] for line in (run / "metrics.jsonl").open()]
     assert rounds == [1, 2, 3]
     assert not list(run.glob(".*.tmp")) or kill_at.endswith("checkpoint")
+
+
+@pytest.mark.e2e
+def test_a_kill_while_a_checkpoint_is_written_in_the_background_resumes_bit_for_bit(
+    tmp_path, uninterrupted
+):
+    run = tmp_path / "run"
+    # Without --quiet: the progress bars show which round was training at the kill.
+    loud = [arg for arg in RUN if arg != "--quiet"]
+    killed = _train([*loud, "--out", str(run)], kill_at="2:in-flight")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "round 3 site-A" in killed.stderr  # round 3 had begun while round 2's was written
+    assert load_checkpoint(run / "checkpoint.pt")["round"] == 1
+    assert load_checkpoint(run / ".checkpoint.pt.tmp")["round"] == 2  # whole, not renamed
+    resumed = _train(["--resume", str(run), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_file(str(run / "model.safetensors"))
+    for key, value in uninterrupted.items():
+        assert final[key].equal(value), key
+    assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").open()] == [1, 2, 3]
 
 
 @pytest.mark.e2e

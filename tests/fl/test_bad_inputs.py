@@ -167,7 +167,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(
 
 def _canned_round(simulation, round_index):
     """A round that trains nothing: what is under test is what happens around it."""
-    return {"round": round_index, "faults": {}, "rejected": {}}
+    return {"round": round_index, "aggregated": [], "faults": {}, "rejected": {}}
 
 
 # ---- fedbcs eval ------------------------------------------------------------------------

@@ -160,6 +160,37 @@ def test_train_help_shows_every_run_setting_with_its_help(capsys):
             assert " ".join(declared.describe().split()) in text, name
 
 
+# Libraries that take seconds to import; ``fedbcs --help`` must not wait for them (issue 18).
+HEAVY_LIBRARIES = (
+    "monai",
+    "segmentation_models_pytorch",
+    "timm",
+    "torchvision",
+    "finch",
+    "sklearn",
+    "flwr",
+    "matplotlib",
+    "tensorboard",
+)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+def test_help_loads_no_heavy_library(argv):
+    # The script goes in on stdin: no command runs, only the import and the parser.
+    script = (
+        "import sys\n"
+        "from fedbcs_fl._entry import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(set({HEAVY_LIBRARIES!r}) & set(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
 def test_compare_and_calibrate_take_the_shared_settings_but_not_a_seed(capsys):
     parse = build_parser().parse_args
     settings = config_from_args(parse(["compare", "--out", "cmp", "--screen-norm-factor", "0"]))

@@ -10,10 +10,10 @@ from torch import nn
 from fedbcs_fl.client import evaluate_split
 from fedbcs_fl.data.base import SiteData
 from fedbcs_fl.metrics import per_class, segmentation_metrics
-from fedbcs_fl.round import evaluation_fields
+from fedbcs_fl.round import evaluation_fields, is_surface_round
 from fedbcs_fl.simulation import Simulation
 
-from .._tiny import tiny_config
+from .._tiny import tiny_config, tiny_sites
 
 # Two 2×2 one-channel images, the top row brighter than the bottom, each mask the top row.
 IMAGES = [torch.tensor([[[2.0, 2.0], [0.0, 0.0]]]), torch.tensor([[[6.0, 6.0], [4.0, 4.0]]])]
@@ -95,3 +95,43 @@ def test_records_carry_each_sites_figures_per_class():
     }
     assert fields["hd95_per_class"]["site-A"] == {"1": 1.0, "2": 0.0}
     assert fields["mean_dice"] == scores["dice"]
+
+
+# ---- HD95 and ASSD only where asked (issue 18) -----------------------------------------------
+
+
+def test_without_distances_dice_alone_is_computed_and_the_same():
+    pair = _three_class_pair()
+    scores = segmentation_metrics(*pair, num_classes=3, distances=False)
+    assert set(scores) == {"dice", "dice/1", "dice/2", "empty_pred"}
+    every = segmentation_metrics(*pair, num_classes=3)
+    assert scores == {key: every[key] for key in scores}
+    fields = evaluation_fields({"site-A": scores})
+    assert set(fields) == {"dice", "mean_dice", "dice_per_class"}
+
+
+@pytest.mark.parametrize(
+    "rounds, eval_every, every, surface",
+    [
+        (5, 1, None, [5]),  # the default: the last round only
+        (5, 1, 2, [2, 4, 5]),
+        (7, 2, 3, [6, 7]),  # evaluated rounds 2, 4, 6, 7: the multiples of 3 among them
+    ],
+)
+def test_surface_rounds_are_the_last_and_the_evaluated_multiples_of_n(
+    rounds, eval_every, every, surface
+):
+    config = tiny_config(rounds=rounds, eval_every=eval_every, surface_metrics_every=every)
+    assert [r for r in range(1, rounds + 1) if is_surface_round(config, r)] == surface
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("every, surface", [(None, [3]), (2, [2, 3])])
+def test_a_run_records_distances_on_its_surface_rounds_only(every, surface):
+    config = tiny_config(rounds=3, surface_metrics_every=every)
+    history = Simulation(config, tiny_sites(2), progress=False).run()
+    assert all("dice" in record and "dice_per_class" in record for record in history)
+    distances = {"hd95", "assd", "mean_hd95", "mean_assd", "hd95_per_class", "assd_per_class"}
+    for record in history:
+        kept = distances & set(record)
+        assert kept == (distances if record["round"] in surface else set()), record["round"]

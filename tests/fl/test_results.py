@@ -125,6 +125,30 @@ def test_the_run_summary_holds_every_metric_with_its_delta_the_settings_and_comm
     assert "2.000 MB up per client, 1.000 MB down per client" in summary
 
 
+def test_a_run_with_distances_on_its_last_round_only_is_read_as_it_is(tmp_path, monkeypatch):
+    from fedbcs_fl import results
+    from fedbcs_fl.run_folder import TENSORBOARD_DIR, append_record, scalars, write_config
+
+    # Round 1 is the best and has Dice alone; round 2, the last, also has the distances.
+    run = [_record(1, (0.9, 0.9)), _surface_record(2, (0.5, 0.5), (3.0, 5.0))]
+    run[0]["mean_dice"] = 0.9
+    final, best = summary_tables([("fedbcs", run)]).split(BEST_ROUND_CAPTION)
+    assert "HD95 (px)\n\n| Method | A | B | AVG | Round |" in final
+    assert "| fedbcs | 3.00 | 5.00 | 4.00 | 2 |" in final
+    assert f"HD95 (px): {results.NOT_COMPUTED}" in best and "| fedbcs | 90.00" in best
+    assert "nan" not in best
+    assert not any(tag.startswith("hd95/") for tag in scalars(run[0]))
+    assert scalars(run[1])["hd95/B"] == 5.0
+    drawn = {}
+    monkeypatch.setattr(results, "line_plot", lambda curves, *a, **k: drawn.update(c=curves))
+    results.plot_dice(run)
+    assert drawn["c"][-1][2] == pytest.approx([90.0, 50.0])
+    write_config(tmp_path, RunConfig(rounds=2).resolved())
+    for record in run:
+        append_record(tmp_path, record)
+    assert (tmp_path / TENSORBOARD_DIR).is_dir()
+
+
 def test_the_dice_plot_draws_the_baselines_mean_beside_the_runs(monkeypatch):
     from fedbcs_fl import results
 

@@ -203,16 +203,39 @@ def _client_context(config, partition: int, **node) -> Context:
     )
 
 
+def _evaluate_instruction(config: RunConfig, server_round: int) -> Message:
+    """An evaluate instruction of ``server_round`` carrying a fresh model of ``config``."""
+    model = build_algorithm(config).build_model()
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(torch_state_dict=model.state_dict()),
+            CONFIG_KEY: ConfigRecord({"server-round": server_round}),  # as FedAvg sends it
+        }
+    )
+    return Message(content, dst_node_id=1, message_type="evaluate")
+
+
 def test_the_client_app_evaluates_at_the_runs_eval_batch_size(monkeypatch, eval_batch_sizes):
     _flower_task_identity(monkeypatch)
     config = tiny_config("fedavg", eval_batch_size=2)
-    model = build_algorithm(config).build_model()
-    weights = ArrayRecord(torch_state_dict=model.state_dict())
-    message = Message(RecordDict({"arrays": weights}), dst_node_id=1, message_type="evaluate")
     context = _client_context(config, 0)
     seen = eval_batch_sizes
-    reply = client_app.evaluate(message, context)
+    reply = client_app.evaluate(_evaluate_instruction(config, 1), context)
     assert seen == [2] and reply.content["metrics"]["num-examples"] == 3
+
+
+@pytest.mark.parametrize(
+    "every, server_round, distances", [(None, 2, False), (None, 3, True), (2, 2, True)]
+)
+def test_the_client_app_computes_distances_on_the_rounds_the_run_asks(
+    monkeypatch, every, server_round, distances
+):
+    _flower_task_identity(monkeypatch)
+    config = tiny_config("fedavg", rounds=3, surface_metrics_every=every)
+    message = _evaluate_instruction(config, server_round)
+    reply = client_app.evaluate(message, _client_context(config, 0))
+    metrics = reply.content["metrics"]
+    assert "dice" in metrics and ("hd95" in metrics) == ("assd" in metrics) == distances
 
 
 def test_a_round_where_every_client_fails_keeps_the_global_model(monkeypatch):
@@ -353,7 +376,7 @@ def test_a_node_that_replies_as_another_site_is_rejected_under_its_own_name(monk
 
 def test_an_evaluate_reply_that_cannot_be_read_is_a_fault_not_a_crash(monkeypatch):
     _flower_task_identity(monkeypatch)
-    strategy = _strategy()
+    strategy = _strategy(surface_metrics_every=1)
     _train_round(strategy, 1, [_reply(1, _content("site-A", 0)), _reply(2, _content("site-B", 1))])
     good = {"dice": 0.5, "hd95": 2.0, "assd": 1.0, "num-examples": 3}
     replies = [
@@ -368,6 +391,21 @@ def test_an_evaluate_reply_that_cannot_be_read_is_a_fault_not_a_crash(monkeypatc
     assert (
         "its metric 'hd95' is None, not a number" in strategy.record["evaluation_faults"]["site-B"]
     )
+
+
+def test_a_round_without_distances_records_dice_alone(monkeypatch):
+    _flower_task_identity(monkeypatch)
+    strategy = _strategy(rounds=3)
+    _train_round(strategy, 1, [_reply(1, _content("site-A", 0)), _reply(2, _content("site-B", 1))])
+    dice_only = MetricRecord({"dice": 0.5, "num-examples": 3})
+    replies = [
+        _reply(n, RecordDict({"metrics": dice_only, "site": site_record(site, n - 1)}))
+        for n, site in ((1, "site-A"), (2, "site-B"))
+    ]
+    strategy.aggregate_evaluate(1, replies)
+    assert strategy.record["dice"] == {"site-A": 0.5, "site-B": 0.5}
+    assert strategy.record["evaluation_faults"] == {}
+    assert not {"hd95", "assd", "mean_hd95", "hd95_per_class"} & set(strategy.record)
 
 
 def test_the_run_fails_after_stall_rounds_with_nothing_aggregated(monkeypatch):
