@@ -144,10 +144,9 @@ def test_soft_dice_over_all_classes_or_foreground_by_hand():
     assert difference.item() == pytest.approx(0.5 * (8 / 21 - 1 / 3), rel=1e-4)
     with pytest.raises(ValueError, match="dice_loss_classes must be one of all, foreground"):
         soft_dice_loss(logits, masks, classes="background")
-    # A run with another value stops when its algorithm is built, before any data is read.
-    config = RunConfig(method="fedavg", dice_loss_classes="background").resolved()
+    # A run with another value stops when its config is resolved, before any data is read.
     with pytest.raises(ValueError, match="dice_loss_classes must be one of all, foreground"):
-        build_algorithm(config)
+        RunConfig(method="fedavg", dice_loss_classes="background").resolved()
 
 
 @pytest.mark.parametrize("method", list(METHODS))
