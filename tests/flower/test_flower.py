@@ -663,6 +663,7 @@ def test_two_rounds_complete_and_prototypes_reach_the_clients(clean_runs):
     assert all(m["received-prototypes"] == 0 for m in first["client_metrics"].values())
     assert all(m["received-prototypes"] > 0 for m in second["client_metrics"].values())
     assert set(second["dice"]) == {"site-A", "site-B"}
+    assert set(second["hd95"]) == {"site-A", "site-B"}  # the last round's, as simulated
     for name in ("config.json", "summary.md", "model.safetensors"):
         assert (out / name).exists()
     assert len(report["pids"]) >= 2 + 3  # SuperLink, SuperNodes, flwr run, and children
