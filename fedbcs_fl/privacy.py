@@ -48,22 +48,15 @@ DELTA_KEY = "proto_dp_delta"
 
 
 def check_privacy_config(config: RunConfig) -> None:
-    """Raise ``ValueError`` naming the privacy setting of ``config`` that is invalid."""
+    """Raise ``ValueError`` when ``config``'s prototype-DP settings, each valid (each
+    setting's own range is checked where it is declared), ask for both a budget and a
+    noise multiplier."""
     eps, sigma = config.proto_dp_epsilon, config.proto_dp_noise
     if eps is not None and sigma is not None:
         raise ValueError(
             "give proto_dp_epsilon (the budget, noise solved for it) or proto_dp_noise "
             f"(the noise multiplier), not both; got {eps} and {sigma}"
         )
-    if eps is not None and not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"proto_dp_epsilon must be in (0, inf); got {eps}")
-    if sigma is not None and not (sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"proto_dp_noise must be in (0, inf); got {sigma}")
-    if not (config.proto_dp_clip > 0 and math.isfinite(config.proto_dp_clip)):
-        raise ValueError(f"proto_dp_clip must be in (0, inf); got {config.proto_dp_clip}")
-    delta = config.dp_delta
-    if delta is not None and not 0 < delta < 1:
-        raise ValueError(f"dp_delta must be in (0, 1); got {delta}")
 
 
 def proto_dp_on(config: RunConfig) -> bool:

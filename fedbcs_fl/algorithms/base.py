@@ -26,7 +26,7 @@ from torch import nn
 
 from ..aggregation import robust_aggregate, weighted_average
 from ..data.sources import data_source
-from ..losses import check_dice_loss_classes, segmentation_loss
+from ..losses import segmentation_loss
 from ..payload import PrototypeSet, Upload, prototype_sets
 from ..privacy import PrototypePrivacy, check_privacy_config, proto_dp_on
 from ..schema import Option
@@ -126,7 +126,6 @@ class Algorithm:
                 self.opt[key] = option.check(value)
             except ValueError as error:
                 raise ValueError(f"{self.name} option {key} {error}") from None
-        check_dice_loss_classes(config.dice_loss_classes)
         check_privacy_config(config)
         check_weight_privacy_config(config)
         if proto_dp_on(config) and not prototype_sets(self.uploads):
