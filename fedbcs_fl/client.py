@@ -83,7 +83,10 @@ def local_train(
     persistent dict for algorithm state (e.g. MOON's previous weights), checkpointed
     between rounds. ``on_step`` is called with the step count after every optimiser step.
     ``privacy`` is the site's prototype mechanism this round (None: off); with it the
-    metrics hold ``proto_dp_epsilon``, the ε the site has spent so far.
+    prototypes come from a pass of the trained model over the training images one at a
+    time (:meth:`~fedbcs_fl.algorithms.base.Algorithm.prototype_pass`), so that no image
+    moves another's features through BatchNorm's batch statistics or a training step, and
+    the metrics hold ``proto_dp_epsilon``, the ε the site has spent so far.
 
     However the round ends, even by an exception, its scratch objects are dropped and
     ``state`` is checked to hold only what a checkpoint can.
@@ -119,6 +122,8 @@ def local_train(
                 bar.update()
                 if on_step is not None:
                     on_step(steps)
+        if privacy is not None:
+            algorithm.prototype_pass(model, single_images(loader), ctx)
         payload = algorithm.end_local(model, ctx)
     finally:
         bar.close()
@@ -130,6 +135,14 @@ def local_train(
         metrics[EPSILON_KEY] = privacy.epsilon(state)
         metrics[DELTA_KEY] = privacy.delta
     return ClientUpdate(model_weights(model), examples, payload, metrics)
+
+
+def single_images(loader) -> list | DataLoader:
+    """Every image of ``loader`` in a batch of its own, in the data set's order: a
+    DataLoader's data set one at a time, or each batch of a list of batches split."""
+    if isinstance(loader, DataLoader):
+        return DataLoader(loader.dataset, batch_size=1, shuffle=False)
+    return [(x[i : i + 1], y[i : i + 1]) for x, y in loader for i in range(x.shape[0])]
 
 
 @torch.no_grad()

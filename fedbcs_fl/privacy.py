@@ -7,7 +7,10 @@ neighbours when one holds an image more. A release is one prototype set of one r
 1. per image and class present in it, the mean feature of the class's pixels, clipped
    to L2 norm ``C`` (:func:`clip_rows`);
 2. per class, the sum of those clipped means and the number of images holding the class
-   (:func:`clipped_class_sums`), over the last local epoch, which visits every image once;
+   (:func:`clipped_class_sums`), over a pass of the trained model over the site's
+   training images one at a time after local training
+   (:meth:`~fedbcs_fl.algorithms.base.Algorithm.prototype_pass`), so that an image's
+   means depend on no other image (BatchNorm's batch statistics would couple them);
 3. Gaussian noise on both before anything leaves the site (:meth:`PrototypePrivacy.release`).
 
 Sensitivity. Adding or removing one image changes each class row of the sums by at most
@@ -19,7 +22,7 @@ count is below 1 is not sent (post-processing, free of privacy cost).
 
 Accounting: each release is a Gaussian mechanism of multiplier ``z`` on the same images;
 the releases compose over rounds and prototype sets (local epochs add none: only the
-last one is summed). Google's ``dp-accounting`` RDP accountant gives ε at δ, with no
+pass after training is summed). Google's ``dp-accounting`` RDP accountant gives ε at δ, with no
 amplification by sampling (a site knows when it takes part). ``--proto-dp-epsilon``
 solves ``z`` for the whole run's planned releases (every round, every set).
 

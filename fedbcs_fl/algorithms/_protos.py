@@ -136,7 +136,7 @@ class PixelPrototypeAlgorithm(Algorithm):
     def training_loss(self, model, images, masks, ctx: LocalContext):
         tapped = model.taps.forward_with_levels(images)
         logits, features = tapped.output, tapped.decoder[0]
-        if ctx.last_epoch:
+        if ctx.recording:
             with torch.no_grad():
                 self.record_prototypes(features, masks, ctx)
         return self.segmentation_loss(logits, masks) + self.prototype_loss(features, masks, ctx)
@@ -150,6 +150,9 @@ class PixelPrototypeAlgorithm(Algorithm):
     def record_prototypes(self, features: torch.Tensor, masks: torch.Tensor, ctx: LocalContext):
         """Accumulate what the payload is built from (last local epoch, under no_grad)."""
         accumulate_class_sums(ctx, "", partial(class_sums, features), masks, self.num_classes)
+
+    def record_batch(self, model, images, masks, ctx: LocalContext):
+        self.record_prototypes(model.taps.forward_with_levels(images).decoder[0], masks, ctx)
 
     def end_local(self, model, ctx: LocalContext):
         return class_mean_payload(ctx)

@@ -87,6 +87,15 @@ class LocalContext:
         else:
             self.sums[key] = value.clone()
 
+    @property
+    def recording(self) -> bool:
+        """Whether this training step's features go into the uploaded prototypes: those of
+        the last local epoch, unless prototype DP is on. Then they come from a pass of the
+        trained model over one image at a time after training
+        (:meth:`Algorithm.prototype_pass`), so that an image's contribution depends
+        on no other image (docs/privacy.md)."""
+        return self.last_epoch and self.privacy is None
+
     def log(self, key: str, value: float | torch.Tensor) -> None:
         """Add a per-batch scalar to the round's metrics (averaged over batches)."""
         if isinstance(value, torch.Tensor):
@@ -162,6 +171,26 @@ class Algorithm:
         loss.backward()
         optimizer.step()
         return loss.detach()
+
+    def record_batch(
+        self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, ctx: LocalContext
+    ) -> None:
+        """Accumulate one batch's share of what the uploaded prototypes are built from, from
+        a forward pass of ``model`` (called by :meth:`prototype_pass`). Nothing for a
+        method that uploads none."""
+
+    @torch.no_grad()
+    def prototype_pass(self, model: nn.Module, batches, ctx: LocalContext) -> None:
+        """:meth:`record_batch` of every ``(images, masks)`` in ``batches``, in eval mode
+        at the current weights: a pass after training (prototype DP's, one image at a
+        time; FedPLVM's, as released)."""
+        training = model.training
+        model.eval()
+        try:
+            for images, masks in batches:
+                self.record_batch(model, images.to(ctx.device), masks.to(ctx.device), ctx)
+        finally:
+            model.train(training)
 
     def end_local(self, model: nn.Module, ctx: LocalContext) -> dict[str, torch.Tensor]:
         """After the last local step: the payload sent beside the weights."""

@@ -113,12 +113,9 @@ class FedBCS(Algorithm):
             return self.segmentation_loss(model(images), masks)
         logits, embeddings = model.forward_with_embeddings(images)
         loss = self.segmentation_loss(logits, masks)
-        if ctx.last_epoch:
+        if ctx.recording:
             with torch.no_grad():
-                for stream, emb in embeddings.items():
-                    accumulate_class_sums(
-                        ctx, f"/{stream}", emb.prototype_sums, masks, self.num_classes
-                    )
+                self.record_embeddings(embeddings, masks, ctx)
         if f"protos/{STREAMS[0]}" not in ctx.global_payload:
             return loss
         alignment = 0.0
@@ -128,6 +125,15 @@ class FedBCS(Algorithm):
             ctx.log(f"consis/{stream}", consis)
             alignment = alignment + contra + self.opt["lambda_consis"] * consis
         return loss + alignment / len(embeddings)
+
+    def record_embeddings(self, embeddings, masks, ctx: LocalContext) -> None:
+        """Add each stream's class sums of a batch under ``sums/{stream}``."""
+        for stream, emb in embeddings.items():
+            accumulate_class_sums(ctx, f"/{stream}", emb.prototype_sums, masks, self.num_classes)
+
+    def record_batch(self, model, images, masks, ctx: LocalContext):
+        if self.opt["cdpa"]:
+            self.record_embeddings(model.forward_with_embeddings(images)[1], masks, ctx)
 
     def alignment_terms(self, emb, masks, payload, stream):
         """(L_contra, L_consis) of one stream over its foreground pixels."""

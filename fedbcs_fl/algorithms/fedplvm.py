@@ -91,29 +91,27 @@ class FedPLVM(PixelPrototypeAlgorithm):
         ctx.scratch[BATCHES_KEY] = []
 
     def training_loss(self, model, images, masks, ctx):
-        if ctx.last_epoch and self.opt["prototype_pass"] == "after-training":
+        if ctx.recording and self.opt["prototype_pass"] == "after-training":
             ctx.scratch[BATCHES_KEY].append((images, masks))
         return super().training_loss(model, images, masks, ctx)
 
     def record_prototypes(self, features, masks, ctx):
+        """From the training steps: only with ``prototype_pass`` ``last-epoch``."""
         if self.opt["prototype_pass"] == "last-epoch":
-            means = image_class_means(features, masks, self.num_classes)
-            ctx.scratch[IMAGE_MEANS_KEY].append(means)
+            self.record_image_means(features, masks, ctx)
 
-    @torch.no_grad()
-    def _pass_after_training(self, model, ctx):
-        """The image class means of the last epoch's batches, at the trained weights."""
-        training = model.training
-        model.eval()
-        for images, masks in ctx.scratch[BATCHES_KEY]:
-            features = model.taps.forward_with_levels(images).decoder[0]
-            means = image_class_means(features, masks, self.num_classes)
-            ctx.scratch[IMAGE_MEANS_KEY].append(means)
-        model.train(training)
+    def record_batch(self, model, images, masks, ctx):
+        self.record_image_means(model.taps.forward_with_levels(images).decoder[0], masks, ctx)
+
+    def record_image_means(self, features, masks, ctx):
+        """Keep the batch's per-image class means for the first-level clustering."""
+        ctx.scratch[IMAGE_MEANS_KEY].append(image_class_means(features, masks, self.num_classes))
 
     def end_local(self, model, ctx):
         if self.opt["prototype_pass"] == "after-training":
-            self._pass_after_training(model, ctx)
+            # The last epoch's batches at the trained weights (none kept under prototype
+            # DP, whose own pass has recorded the means already).
+            self.prototype_pass(model, ctx.scratch[BATCHES_KEY], ctx)
         means, labels = (
             torch.cat(parts) for parts in zip(*ctx.scratch[IMAGE_MEANS_KEY], strict=True)
         )

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fedbcs_fl.algorithms import build_algorithm
-from fedbcs_fl.client import local_train, make_optimizer
+from fedbcs_fl.audit import _Kept
+from fedbcs_fl.client import local_train, make_optimizer, model_weights
 from fedbcs_fl.privacy import (
     PrototypePrivacy,
     epsilon_spent,
@@ -23,7 +24,7 @@ from fedbcs_fl.privacy import (
 )
 from fedbcs_fl.simulation import Simulation
 from fedbcs_ops import class_sums
-from tests._tiny import tiny_config, tiny_sites
+from tests._tiny import prototype_methods, tiny_config, tiny_sites
 
 
 def _batch(images: int, classes: int = 3, dim: int = 5, seed: int = 0):
@@ -49,6 +50,40 @@ def test_one_image_moves_the_clipped_sums_by_at_most_the_clip(removed):
     assert torch.equal(count_change, torch.ones(classes))  # every class is in every image
     moved = torch.cat([(with_all[0] - without[0]).flatten() / clip, count_change])
     assert moved.norm() <= l2_sensitivity(classes) + 1e-9
+
+
+@pytest.mark.parametrize("method", prototype_methods())
+def test_in_a_client_one_image_moves_the_clipped_sums_by_at_most_the_clip(method):
+    """The bound holds for what a real client gives the mechanism, BatchNorm and all: the
+    prototypes come from one image at a time, so removing an image from a batch leaves
+    its batch mates' contributions as they were (given the model: learning rate 0). From
+    the training batches, BatchNorm's batch statistics moved them by up to 4 % of C."""
+    clip = 0.01  # every image's class means are clipped: any change of direction shows
+    algorithm = build_algorithm(tiny_config(method, proto_dp_noise=1.0, proto_dp_clip=clip))
+    torch.manual_seed(0)
+    initial = model_weights(algorithm.build_model())
+    k = algorithm.num_classes
+    images = torch.rand(
+        5, algorithm.in_channels, 32, 32, generator=torch.Generator().manual_seed(1)
+    )
+    masks = (images[:, 0] * k).long().clamp(max=k - 1)  # every class in every image
+
+    def given(kept_images: list[int]) -> dict:
+        model = algorithm.build_model()
+        model.load_state_dict(initial)
+        frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+        kept = _Kept(1.0, clip, 1e-3, seed=0, site=0, round=1)
+        batch = (images[kept_images], masks[kept_images])
+        local_train(algorithm, model, frozen, [batch], {}, {}, 1, torch.device("cpu"), privacy=kept)
+        return kept.given
+
+    everything, one_less = given([0, 1, 2, 3, 4]), given([0, 1, 2, 4])
+    assert everything.keys() == one_less.keys() and everything
+    for stream, (sums, counts) in everything.items():
+        # Exactly the removed image's clipped class means, norm C each: no batch mate moved.
+        change = (sums - one_less[stream][0]).norm(dim=1)
+        assert torch.allclose(change, torch.full_like(change, clip), rtol=1e-9, atol=0), stream
+        assert torch.equal((counts - one_less[stream][1]).abs(), torch.ones(k)), stream
 
 
 def test_the_noise_is_what_the_accountant_asks_for():
