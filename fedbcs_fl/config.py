@@ -28,14 +28,28 @@ BEFORE_FIDELITY = {"dice_loss_classes": "foreground", "nuclei_intensity": "dtype
 BEFORE_FIDELITY_METHOD_OPTIONS = {"fedbcs": {"contrast": "exact"}}
 
 # Baseline options whose defaults changed to follow the original methods (issue 14,
-# docs/algorithms.md). A config.json without ``method_defaults_version`` was written
-# before: it loads with these values, so its run resumes and evaluates as it ran.
-METHOD_DEFAULTS_VERSION = 2
-BEFORE_BASELINE_FIXES_METHOD_OPTIONS = {
-    "feduv": {"variance_target": "balanced", "uniformity_sigma": "detached"},
-    "harmofl": {"amplitude_ratio": 0.1},
-    "fedplvm": {"lambda_plvm": 1.0, "prototype_pass": "last-epoch"},
+# docs/algorithms.md): version → method → the values before that version. A config.json
+# written at an older ``method_defaults_version`` (none: 1) loads with the values of its
+# version, so its run resumes and evaluates as it ran.
+METHOD_DEFAULTS_VERSION = 3
+METHOD_OPTIONS_BEFORE = {
+    2: {
+        "feduv": {"variance_target": "balanced", "uniformity_sigma": "detached"},
+        "harmofl": {"amplitude_ratio": 0.1},
+        "fedplvm": {"lambda_plvm": 1.0, "prototype_pass": "last-epoch"},
+    },
+    3: {"feduv": {"uniformity_level": "pixel"}},
 }
+
+
+def method_options_of_version(method: str, version: int) -> dict[str, Any]:
+    """The defaults of ``method`` that changed after ``method_defaults_version``
+    ``version``, at the values that version had."""
+    options: dict[str, Any] = {}
+    for changed in sorted(METHOD_OPTIONS_BEFORE, reverse=True):  # the oldest value wins
+        if changed > version:
+            options |= METHOD_OPTIONS_BEFORE[changed].get(method, {})
+    return options
 
 
 @dataclass
@@ -271,7 +285,7 @@ class RunConfig:
     )
     method_options: dict = field(default_factory=dict)
     # The method defaults the file was written with: from_json makes an older file's old
-    # defaults explicit in method_options (BEFORE_BASELINE_FIXES_METHOD_OPTIONS).
+    # defaults explicit in method_options (METHOD_OPTIONS_BEFORE).
     method_defaults_version: int = METHOD_DEFAULTS_VERSION
     version: int = CONFIG_VERSION
 
@@ -324,7 +338,7 @@ class RunConfig:
     @classmethod
     def _as_it_ran(cls, data: Mapping[str, Any], source: str) -> dict[str, Any]:
         """A saved config's fields with what its run used where it was written before a
-        setting existed (:data:`BEFORE_FIDELITY`, :data:`BEFORE_BASELINE_FIXES_METHOD_OPTIONS`,
+        setting existed (:data:`BEFORE_FIDELITY`, :data:`METHOD_OPTIONS_BEFORE`,
         the generators' first version)."""
         version = data["version"]
         if version != CONFIG_VERSION:
@@ -337,11 +351,13 @@ class RunConfig:
             data["data_version"] = 1  # written before the generators had versions
         if not set(BEFORE_FIDELITY) & set(data):
             data = cls._before_fidelity(data)
-        if "method_defaults_version" not in data:
-            # The old defaults become explicit options, so the loaded config, now of the
-            # current version, runs as the file's run did.
-            legacy = BEFORE_BASELINE_FIXES_METHOD_OPTIONS.get(data.get("method", cls.method), {})
-            data["method_options"] = {**legacy, **data.get("method_options", {})}
+        # The defaults of the file's version become explicit options, so the loaded config,
+        # now of the current version, runs as the file's run did.
+        legacy = method_options_of_version(
+            data.get("method", cls.method), data.get("method_defaults_version", 1)
+        )
+        data["method_options"] = {**legacy, **data.get("method_options", {})}
+        data["method_defaults_version"] = METHOD_DEFAULTS_VERSION
         return data
 
     @classmethod

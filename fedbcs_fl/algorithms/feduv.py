@@ -17,9 +17,13 @@ off. Variances are over every pixel of the batch
 (population variance, so one pixel is finite); the 1e-4, on both sides, keeps the square
 root's gradient finite for a constant prediction.
 
-``z`` are the pixel features (the last decoder block, ``[B·H·W, f]``), of which at most
-``uniformity_samples`` are drawn without replacement by a generator seeded from the run's
-seed (its state kept in the client's persistent state, so a resumed run draws the same).
+``z`` are, with ``uniformity_level`` ``image`` (default), one representation per image,
+as the original has one per sample: the image's mean pixel feature (the last decoder
+block, ``[B, f]``). ``pixel`` takes the pixel features themselves (``[B·H·W, f]``, this
+project before: it pushes every pixel's feature away from every other's, against the
+class clustering a segmentation needs), of which at most ``uniformity_samples`` are
+drawn without replacement by a generator seeded from the run's seed (its state kept in
+the client's persistent state, so a resumed run draws the same).
 ``σ`` is, as in the released code, the median of the non-zero pairwise squared distances,
 with its gradient (``uniformity_sigma`` ``released``); ``detached`` takes the median of
 all of them, zeros included, without gradient (this project before issue 14).
@@ -29,6 +33,7 @@ Payload: none (weights only, both ways). Server: size-weighted FedAvg.
 Options:
     lambda_variance: weight of the variance term (default 2.5).
     lambda_uniformity: weight of the uniformity term (default 0.5).
+    uniformity_level: ``image`` (default) or ``pixel``, as above.
     uniformity_samples: most pixel features in the uniformity term (default 2048).
     variance_target: ``labels`` (default) or ``balanced``, as above.
     uniformity_sigma: ``released`` (default) or ``detached``, as above.
@@ -100,8 +105,16 @@ class FedUV(Algorithm):
         "lambda_uniformity": Option(
             0.5, "weight of the feature-uniformity potential", interval=NON_NEGATIVE
         ),
+        "uniformity_level": Option(
+            "image",
+            "image: the uniformity term spreads one feature per image, its pixels' mean (the "
+            "original's one representation per sample); pixel: every pixel's feature",
+            choices=("image", "pixel"),
+        ),
         "uniformity_samples": Option(
-            2048, "most pixel features (sampled) in the uniformity term", interval="[2, inf)"
+            2048,
+            "most pixel features (sampled) in the uniformity term at uniformity_level pixel",
+            interval="[2, inf)",
         ),
         "variance_target": Option(
             "labels",
@@ -132,12 +145,9 @@ class FedUV(Algorithm):
     def training_loss(self, model, images, masks, ctx: LocalContext):
         tapped = model.taps.forward_with_levels(images)
         logits, pixels = tapped.output, tapped.decoder[0]
-        features = pixels.permute(0, 2, 3, 1).reshape(-1, pixels.shape[1])
-        count = min(int(self.opt["uniformity_samples"]), features.shape[0])
-        chosen = torch.randperm(features.shape[0], generator=ctx.scratch[GENERATOR_KEY])[:count]
         variance = variance_term(logits, masks, self.opt["variance_target"])
         uniformity = uniformity_term(
-            features[chosen.to(features.device)], self.opt["uniformity_sigma"]
+            self.uniformity_points(pixels, ctx), self.opt["uniformity_sigma"]
         )
         ctx.log("feduv/variance", variance)
         ctx.log("feduv/uniformity", uniformity)
@@ -146,6 +156,16 @@ class FedUV(Algorithm):
             + self.opt["lambda_variance"] * variance
             + self.opt["lambda_uniformity"] * uniformity
         )
+
+    def uniformity_points(self, pixels: torch.Tensor, ctx: LocalContext) -> torch.Tensor:
+        """The ``[N, f]`` features the uniformity term spreads, of ``[B, f, H, W]`` pixel
+        features: per image their mean, or a sample of the pixels (``uniformity_level``)."""
+        if self.opt["uniformity_level"] == "image":
+            return pixels.mean(dim=(2, 3))
+        features = pixels.permute(0, 2, 3, 1).reshape(-1, pixels.shape[1])
+        count = min(int(self.opt["uniformity_samples"]), features.shape[0])
+        chosen = torch.randperm(features.shape[0], generator=ctx.scratch[GENERATOR_KEY])[:count]
+        return features[chosen.to(features.device)]
 
     def end_local(self, model, ctx: LocalContext):
         ctx.state[GENERATOR_STATE_KEY] = ctx.scratch[GENERATOR_KEY].get_state()

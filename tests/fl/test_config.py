@@ -53,7 +53,11 @@ def test_a_config_json_from_before_the_baseline_fixes_loads_with_the_old_default
         return json.dumps(data)
 
     old = {
-        "feduv": {"variance_target": "balanced", "uniformity_sigma": "detached"},
+        "feduv": {
+            "variance_target": "balanced",
+            "uniformity_sigma": "detached",
+            "uniformity_level": "pixel",
+        },
         "harmofl": {"amplitude_ratio": 0.1},
         "fedplvm": {"lambda_plvm": 1.0, "prototype_pass": "last-epoch"},
     }
@@ -71,6 +75,22 @@ def test_a_config_json_from_before_the_baseline_fixes_loads_with_the_old_default
     for method in ("fedavg", "fedproto", "fedcontrast"):  # nothing of theirs changed
         current = RunConfig(method=method).resolved()
         assert RunConfig.from_json(written_before(current)) == current
+
+
+def test_a_config_json_of_method_defaults_version_2_loads_with_its_defaults():
+    current = RunConfig(method="feduv").resolved()
+    data = json.loads(current.to_json())
+    data["method_defaults_version"] = 2  # written before FedUV's image-level uniformity
+    assert RunConfig.from_json(json.dumps(data)) == dataclasses.replace(
+        current, method_options={"uniformity_level": "pixel"}
+    )
+    data["method_options"] = {"uniformity_level": "image"}  # what the run set is kept
+    assert RunConfig.from_json(json.dumps(data)) == dataclasses.replace(
+        current, method_options={"uniformity_level": "image"}
+    )
+    harmofl = json.loads(RunConfig(method="harmofl").resolved().to_json())
+    harmofl["method_defaults_version"] = 2  # its defaults changed before version 2 only
+    assert RunConfig.from_json(json.dumps(harmofl)).method_options == {}
 
 
 # ---- config files: fedbcs train --config ----------------------------------------------

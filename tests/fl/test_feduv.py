@@ -102,9 +102,17 @@ def test_uniformity_of_degenerate_features():
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"variance_target": "balanced", "uniformity_sigma": "detached"}]
+    "options",
+    [
+        {"uniformity_level": "pixel"},
+        {
+            "uniformity_level": "pixel",
+            "variance_target": "balanced",
+            "uniformity_sigma": "detached",
+        },
+    ],
 )
-def test_training_loss_samples_reproducibly(options):
+def test_pixel_level_training_loss_samples_reproducibly(options):
     target = options.get("variance_target", "labels")
     sigma = options.get("uniformity_sigma", "released")
     torch.manual_seed(0)
@@ -131,6 +139,35 @@ def test_training_loss_samples_reproducibly(options):
         torch.testing.assert_close(loss, expected)
         assert ctx.logs["feduv/variance"] == pytest.approx(variance.item())
         assert ctx.logs["feduv/uniformity"] == pytest.approx(uniformity.item())
+
+
+def test_image_level_uniformity_spreads_one_mean_feature_per_image():
+    torch.manual_seed(0)
+    algorithm = tiny_algorithm("feduv")  # uniformity_level image, the default
+    model = algorithm.build_model()
+    images = torch.rand(3, 3, 32, 32)
+    masks = (images[:, 0] > 0.5).long()
+    tapped = model.taps.forward_with_levels(images)
+    logits, pixels = tapped.output, tapped.decoder[0]
+    ctx = LocalContext(global_payload={}, state={}, device=torch.device("cpu"))
+    algorithm.begin_local(model, ctx)
+    loss = algorithm.training_loss(model, images, masks, ctx)
+    uniformity = uniformity_term(pixels.mean(dim=(2, 3)), "released")
+    expected = (
+        segmentation_loss(logits, masks)
+        + 2.5 * variance_term(logits, masks, "labels")
+        + 0.5 * uniformity
+    )
+    torch.testing.assert_close(loss, expected)
+    # Not the pixel level's potential, and its gradient reaches the pixel features' weights.
+    pixel_level = uniformity_term(pixels.permute(0, 2, 3, 1).reshape(-1, 8), "released")
+    assert abs(uniformity.item() - pixel_level.item()) > 1e-3
+    model.zero_grad()
+    uniformity.backward()
+    last_block = [
+        p.grad for n, p in model.named_parameters() if "decoder" in n and p.grad is not None
+    ]
+    assert last_block and any(g.abs().sum() > 0 for g in last_block)
 
 
 @pytest.mark.e2e
