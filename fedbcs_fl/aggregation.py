@@ -1,10 +1,10 @@
 """Server-side aggregation math: pure functions on tensors, trivial to unit-test.
 
-The model weights are aggregated by one of :data:`AGGREGATIONS` (``--aggregation``):
-``mean`` is the method's own (count-weighted for FedAvg); the robust rules ignore example
-counts and take, per coordinate, the median or the mean without the extreme values, or one
-client's weights (Krum), so that one bad site cannot move the model far
-(:func:`robust_aggregate`).
+The model weights are aggregated by one of :data:`~fedbcs_fl.config.AGGREGATIONS`
+(``--aggregation``): ``mean`` is the method's own (count-weighted for FedAvg); the robust
+rules ignore example counts and take, per coordinate, the median or the mean without the
+extreme values, or one client's weights (Krum), so that one bad site cannot move the model
+far (:func:`robust_aggregate`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from .config import AGGREGATIONS
 
 
 def weighted_average(
@@ -42,7 +44,6 @@ def weighted_average(
     return out
 
 
-AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum")
 # Krum's assumed number of bad clients: the threat is one bad site (docs/reliability.md).
 KRUM_BAD_CLIENTS = 1
 

@@ -1,5 +1,11 @@
 """Run configuration: one dataclass whose fields declare themselves (:mod:`fedbcs_fl.schema`),
-the data source's defaults filled in, and config files: JSON round trip, TOML read."""
+the data source's defaults filled in, and config files: JSON round trip, TOML read.
+
+Importing it imports neither torch nor numpy, nor do the declarations it reads (the
+methods, the data sources, the choices below): ``fedbcs --help`` is built from them in
+well under a second, where torch's import alone takes seconds (issue 18). The modules that
+implement the choices read them from here.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .aggregation import AGGREGATIONS
-from .algorithms import METHODS
+from .algorithms.methods import METHODS
 from .config_checks import check_config
-from .data import NUCLEI_INTENSITIES
-from .data.sources import DATA_SOURCES, data_source, file_sources
-from .losses import DICE_LOSS_CLASSES
+from .data.sources import DATA_SOURCES, NUCLEI_INTENSITIES, data_source, file_sources
 from .schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, setting, settings_of
 
 CONFIG_VERSION = 1
+
+# The rules that aggregate the model weights (fedbcs_fl/aggregation.py): the method's mean,
+# or a robust one.
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum")
+# Which classes the soft Dice loss averages over (fedbcs_fl/losses.py): "all" (background
+# too, as the released ``DiceLoss``) or "foreground" (every class but 0).
+DICE_LOSS_CLASSES = ("all", "foreground")
 
 # Settings added to follow the released code (docs/fidelity.md). A config.json without
 # them was written before they existed: it loads with the values its run was trained and

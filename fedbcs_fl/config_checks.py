@@ -19,7 +19,6 @@ import os
 from typing import TYPE_CHECKING
 
 from .data.sources import data_source
-from .data.synthetic import synthetic_nbytes
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -35,6 +34,8 @@ def physical_memory() -> int | None:
 
 def _check_synthetic_size(config: RunConfig) -> None:
     """The synthetic sites are generated and held in memory: they must fit in this one."""
+    from .data.synthetic import synthetic_nbytes  # torch: imported when a config is resolved
+
     needed = synthetic_nbytes(
         config.dataset, config.n_train, config.n_test, config.image_size, config.sites
     )

@@ -11,9 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Which classes the soft Dice loss averages over: "all" (background too, as the released
-# ``DiceLoss``) or "foreground" (every class but 0).
-DICE_LOSS_CLASSES = ("all", "foreground")
+from .config import DICE_LOSS_CLASSES
 
 # The released ``compute_L_contra``: logits capped at 20, exponentials at 1e6, and 1e-9
 # added to both sums. At τ = 0.005 every cosine above log(1e6)·τ ≈ 0.069 saturates.

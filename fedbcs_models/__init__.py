@@ -20,13 +20,47 @@ Example:
     >>> sums = model.stream_prototype_sums(embeddings, labels, num_classes=2)
     >>> sums["decoder"][0].shape
     torch.Size([2, 48])
+
+Importing the package imports no torch: :data:`FUSIONS` comes with it, every other name on
+first use, so that ``fedbcs --help`` lists the fusions without importing torch (issue 18).
 """
 
-from ._cdpa import FUSIONS, CDPAHead, StreamEmbedding
-from ._fsr_insertion import fsr_stage_numbers, insert_fsr
-from ._model import CDPAModel, build_fedbcs_unet
-from ._taps import DECODER_TAPS, DecoderTaps, FeatureTaps, TappedForward, tappable_module
-from ._unet import UNet
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._fusions import FUSIONS
+
+if TYPE_CHECKING:
+    from ._cdpa import CDPAHead, StreamEmbedding
+    from ._fsr_insertion import fsr_stage_numbers, insert_fsr
+    from ._model import CDPAModel, build_fedbcs_unet
+    from ._taps import DECODER_TAPS, DecoderTaps, FeatureTaps, TappedForward, tappable_module
+    from ._unet import UNet
+
+# The names imported on first use, each with its module.
+_LAZY = {
+    "DECODER_TAPS": "._taps",
+    "CDPAHead": "._cdpa",
+    "CDPAModel": "._model",
+    "DecoderTaps": "._taps",
+    "FeatureTaps": "._taps",
+    "StreamEmbedding": "._cdpa",
+    "TappedForward": "._taps",
+    "UNet": "._unet",
+    "build_fedbcs_unet": "._model",
+    "fsr_stage_numbers": "._fsr_insertion",
+    "insert_fsr": "._fsr_insertion",
+    "tappable_module": "._taps",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+
 
 __all__ = [
     "DECODER_TAPS",

@@ -30,12 +30,9 @@ from torch import nn
 
 from fedbcs_ops import check_tensor, class_sums
 
-STREAMS = ("encoder", "decoder")
+from ._fusions import FUSIONS
 
-FUSIONS = {
-    "deepest": lambda levels: [levels - 1] * (levels - 1),
-    "adjacent": lambda levels: list(range(1, levels)),
-}
+STREAMS = ("encoder", "decoder")
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from ._fsr import fsr, spectral_mean_amplitude
-
-GATES = ("static", "adaptive")
+from ._gates import GATES
 
 
 class FSR(nn.Module):

@@ -1,7 +1,10 @@
 """The federated algorithms, by name.
 
-Each is a small module that says what differs from FedAvg (:class:`Algorithm`). Modules
-are imported when a method is first asked for.
+Each is a small module that says what differs from FedAvg (:class:`Algorithm`); the
+methods, their classes and options are declared in :data:`METHODS` (:mod:`.methods`).
+Modules are imported when a method is first asked for, and :class:`Algorithm`,
+:class:`ClientUpdate` and :class:`LocalContext` on first use: they import torch, and the
+command line's parser, which reads :data:`METHODS`, must not (issue 18).
 """
 
 from __future__ import annotations
@@ -9,31 +12,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .base import Algorithm, ClientUpdate, LocalContext
+from .methods import METHODS
 
-if TYPE_CHECKING:  # the config names the methods, so it imports this package
+if TYPE_CHECKING:
     from ..config import RunConfig
+    from .base import Algorithm, ClientUpdate, LocalContext
 
-# method name → (module in this package, class name), in the order of paper Table 1.
-METHODS: dict[str, tuple[str, str]] = {
-    "fedavg": ("base", "Algorithm"),
-    "fedprox": ("fedprox", "FedProx"),
-    "moon": ("moon", "MOON"),
-    "fedproto": ("fedproto", "FedProto"),
-    "harmofl": ("harmofl", "HarmoFL"),
-    "fpl": ("fpl", "FPL"),
-    "fedcontrast": ("fedcontrast", "FedContrast"),
-    "fedplvm": ("fedplvm", "FedPLVM"),
-    "feduv": ("feduv", "FedUV"),
-    "fedbcs": ("fedbcs", "FedBCS"),
-}
+# The names imported on first use, each with its module.
+_LAZY = {"Algorithm": ".base", "ClientUpdate": ".base", "LocalContext": ".base"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
-    module, cls = METHODS[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    method = METHODS[name]
+    return getattr(importlib.import_module(f"{__name__}.{method.module}"), method.cls)
 
 
 def all_algorithms() -> dict[str, type[Algorithm]]:

@@ -10,10 +10,11 @@ Client side (one site, one round):
 Server side (one round):
     ``aggregate(updates, global_weights, global_payload)`` → next weights and payload.
 
-A method subclasses :class:`Algorithm` and overrides only what differs; hyper-parameters
-are declared in ``options`` (name → :class:`~fedbcs_fl.schema.Option`: default, help, what
-values it may take) and read from ``self.opt``, and the payload its clients send in
-``uploads`` (:mod:`fedbcs_fl.payload`).
+A method subclasses :class:`Algorithm` and overrides only what differs. Its
+hyper-parameters, ``options`` (name → :class:`~fedbcs_fl.schema.Option`: default, help,
+what values it may take), are declared in its entry of
+:data:`~fedbcs_fl.algorithms.methods.METHODS` and read from ``self.opt``; the payload its
+clients send, in ``uploads`` (:mod:`fedbcs_fl.payload`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..payload import PrototypeSet, Upload, prototype_sets
 from ..privacy import PrototypePrivacy, check_privacy_config, proto_dp_on
 from ..schema import Option
 from ..weight_privacy import WeightPrivacy, check_weight_privacy_config
+from .methods import METHODS
 
 if TYPE_CHECKING:  # the config names the methods, so it imports this package
     from ..config import RunConfig
@@ -107,10 +109,8 @@ class Algorithm:
     """FedAvg (McMahan et al. 2017): size-weighted mean of the weights, no extra loss."""
 
     name: ClassVar[str] = "fedavg"
-    # Hyper-parameter name → its declaration: default, help (``fedbcs train --help``) and
-    # the values it may take. A default of None is the dataset's (RunDefaults, e.g. tau).
-    # A name is one command-line flag for every method that has it, so it has one type.
-    options: ClassVar[dict[str, Option]] = {}
+    # Hyper-parameter name → its declaration, in the method's entry of METHODS (methods.py).
+    options: ClassVar[dict[str, Option]] = METHODS[name].options
     # What a client sends beside its weights (fedbcs_fl/payload.py): screening checks every
     # reply against it, the fault drills and paper Table 3 read its prototype sets. A
     # method whose payload depends on its options makes this a property.

@@ -24,63 +24,25 @@ partition) over the client prototypes, the cluster means, and their mean (eq. 13
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
-
-from fedbcs_models import FUSIONS
-from fedbcs_ops import GATES
 
 from ..aggregation import cluster_class_prototypes
 from ..losses import capped_multi_positive_infonce, multi_positive_infonce
 from ..payload import PrototypeSet
-from ..schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Option
 from ._protos import accumulate_class_sums, class_mean_payload
 from .base import Algorithm, ClientUpdate, LocalContext
+from .methods import METHODS
 
 STREAMS = ("encoder", "decoder")
 STREAM_PROTOTYPES = tuple(PrototypeSet(f"protos/{s}", f"labels/{s}") for s in STREAMS)
 # Fused levels of a stream's embedding, each ``proto_dim`` wide: every tapped level of the
 # UNet (four per stream) but the deepest, fused with a deeper one (either ``fusion``).
 FUSED_LEVELS = 3
-# The InfoNCE of L_contra by the ``contrast`` option (docs/fidelity.md).
-CONTRASTS = {"released": capped_multi_positive_infonce, "exact": multi_positive_infonce}
 
 
 class FedBCS(Algorithm):
     name = "fedbcs"
-    options: ClassVar[dict[str, Option]] = {
-        "tau": Option(
-            None,
-            "τ, the InfoNCE temperature of L_contra",
-            none_means="the dataset's: nuclei sets 0.005, prostate sets 0.4, the paper's best",
-            type=float,
-            interval=POSITIVE,
-        ),
-        "proto_dim": Option(
-            256,
-            "channels per fused level of a stream's embedding (3 levels: D = 3 × this)",
-            interval=AT_LEAST_ONE,
-        ),
-        "fsr": Option(True, "FSR after encoder stages 2–4 (off: paper Table 2's CDPA only)"),
-        "cdpa": Option(True, "CDPA, the prototype alignment (off: paper Table 2's FSR only)"),
-        "fsr_gate": Option(
-            "static", "FSR's gate: static as released, adaptive as paper eq. 6", choices=GATES
-        ),
-        "fusion": Option(
-            "deepest",
-            "embedding fusion: each level with the deepest, as released, or adjacent, as "
-            "paper eq. 10",
-            choices=FUSIONS,
-        ),
-        "lambda_consis": Option(1.0, "λ, the weight of L_consis", interval=NON_NEGATIVE),
-        "contrast": Option(
-            "released",
-            "L_contra's InfoNCE: released, with the released code's capped exponentials, "
-            "or exact, in log space (docs/fidelity.md)",
-            choices=tuple(CONTRASTS),
-        ),
-    }
+    options = METHODS[name].options
 
     def build_model(self):
         from fedbcs_models import build_fedbcs_unet
@@ -152,7 +114,10 @@ class FedBCS(Algorithm):
         cosine = emb.cosine(protos, sq_norm, dots=proto_dots, pixels=anchors)  # [A, M]
         anchor_labels = labels[anchors]
         positives = proto_labels[None, :] == anchor_labels[:, None]
-        contra, _ = CONTRASTS[self.opt["contrast"]](cosine / self.opt["tau"], positives)
+        # ``contrast``: the released code's capped InfoNCE, or the exact one (docs/fidelity.md).
+        released = self.opt["contrast"] == "released"
+        infonce = capped_multi_positive_infonce if released else multi_positive_infonce
+        contra, _ = infonce(cosine / self.opt["tau"], positives)
         sq_dist = emb.sq_distance(mean, sq_norm, dots=mean_dots, pixels=anchors)  # [A, K]
         has_mean = payload[f"mean_present/{stream}"].to(masks.device)[anchor_labels]
         consis = sq_dist.gather(1, anchor_labels[:, None])[:, 0][has_mean] / emb.dim

@@ -28,13 +28,11 @@ a lossy transport, are still told apart correctly.
 from __future__ import annotations
 
 import secrets
-from typing import ClassVar
 
 import torch
 
 from ..aggregation import weighted_average
 from ..payload import ClientId, StepCounts
-from ..schema import NON_NEGATIVE, POSITIVE, Option
 from ._protos import (
     PIXEL_PROTOTYPES,
     PixelPrototypeAlgorithm,
@@ -42,6 +40,7 @@ from ._protos import (
     pixel_rows,
     prototype_infonce,
 )
+from .methods import METHODS
 
 OWNER_KEY = "fedcontrast/owner"  # the client's id, in its persistent state
 
@@ -59,19 +58,7 @@ def others_mask(payload: dict[str, torch.Tensor], owner: int, own: torch.Tensor)
 
 class FedContrast(PixelPrototypeAlgorithm):
     name = "fedcontrast"
-    options: ClassVar[dict[str, Option]] = {
-        "tau": Option(0.1, "InfoNCE temperature of both contrasts", interval=POSITIVE),
-        "lambda_own": Option(
-            1.0,
-            "weight of L_own, the contrast with the client's own prototypes",
-            interval=NON_NEGATIVE,
-        ),
-        "lambda_others": Option(
-            1.0,
-            "weight of L_others, the contrast with the other clients' prototypes",
-            interval=NON_NEGATIVE,
-        ),
-    }
+    options = METHODS[name].options
     uploads = (PIXEL_PROTOTYPES, StepCounts("steps"), ClientId("owner"))
 
     def begin_local(self, model, ctx):

@@ -28,15 +28,12 @@ all clients' cluster prototypes; down go the global cluster prototypes (``protos
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from fedbcs_ops import class_sums
 
 from ..aggregation import cluster_class_rows
 from ..privacy import clipped_class_sums
-from ..schema import NON_NEGATIVE, POSITIVE, Option
 from ._protos import (
     PixelPrototypeAlgorithm,
     class_mean_payload,
@@ -46,6 +43,7 @@ from ._protos import (
     present_rows,
     prototype_infonce,
 )
+from .methods import METHODS
 
 COS_EPS = 1e-6  # lower clamp of the cosines raised to α: s^α has an infinite slope at 0
 # The round's scratch: (means, class ids) of every image of the last local epoch, and
@@ -70,21 +68,7 @@ def image_class_means(features: torch.Tensor, masks: torch.Tensor, num_classes: 
 
 class FedPLVM(PixelPrototypeAlgorithm):
     name = "fedplvm"
-    options: ClassVar[dict[str, Option]] = {
-        "tau": Option(0.07, "temperature of the α-sparsity InfoNCE L_α", interval=POSITIVE),
-        "alpha_sparsity": Option(
-            0.25, "α, the power of the clamped cosines in L_α", interval=POSITIVE
-        ),
-        "lambda_plvm": Option(
-            100.0, "λ, weight of L_α + L_corr, as released", interval=NON_NEGATIVE
-        ),
-        "prototype_pass": Option(
-            "after-training",
-            "after-training: local prototypes from a pass of the trained model over the last "
-            "epoch's batches, as released; last-epoch: from the training steps",
-            choices=("after-training", "last-epoch"),
-        ),
-    }
+    options = METHODS[name].options
 
     def begin_local(self, model, ctx):
         ctx.scratch[IMAGE_MEANS_KEY] = []

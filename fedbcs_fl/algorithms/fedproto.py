@@ -17,14 +17,12 @@ unweighted mean of the clients' prototypes (``mean`` [K, D] and ``mean_present``
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from fedbcs_ops import prototypes_from_sums
 
-from ..schema import NON_NEGATIVE, Option
 from ._protos import PixelPrototypeAlgorithm, class_mean_gap, mean_or_zero, pixel_rows
+from .methods import METHODS
 
 
 def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int):
@@ -37,13 +35,7 @@ def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor, num_classes:
 
 class FedProto(PixelPrototypeAlgorithm):
     name = "fedproto"
-    options: ClassVar[dict[str, Option]] = {
-        "lambda_proto": Option(
-            1.0,
-            "weight of the class-balanced squared-distance penalty L_proto",
-            interval=NON_NEGATIVE,
-        ),
-    }
+    options = METHODS[name].options
 
     def prototype_loss(self, features, masks, ctx):
         if "mean" not in ctx.global_payload:

@@ -14,12 +14,10 @@ Options:
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
-from ..schema import NON_NEGATIVE, Option
 from .base import Algorithm, LocalContext
+from .methods import METHODS
 
 ANCHOR_KEY = "fedprox/global_parameters"
 
@@ -31,11 +29,7 @@ def proximal_term(parameters, anchors) -> torch.Tensor:
 
 class FedProx(Algorithm):
     name = "fedprox"
-    options: ClassVar[dict[str, Option]] = {
-        "mu": Option(
-            0.01, "μ, weight of the proximal term μ/2 · ‖w − w_global‖²", interval=NON_NEGATIVE
-        ),
-    }
+    options = METHODS[name].options
 
     def begin_local(self, model, ctx: LocalContext):
         ctx.scratch[ANCHOR_KEY] = [p.detach().clone() for p in model.parameters()]

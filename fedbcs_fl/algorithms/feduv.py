@@ -42,14 +42,13 @@ Options:
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..schema import NON_NEGATIVE, Option
 from ._features import build_tapped_unet
 from .base import Algorithm, LocalContext
+from .methods import METHODS
 
 # The sampling generator lives in the round's scratch; the client's persistent state keeps
 # its state (a tensor) from one finished round to the next.
@@ -98,38 +97,7 @@ def uniformity_term(features: torch.Tensor, sigma: str) -> torch.Tensor:
 
 class FedUV(Algorithm):
     name = "feduv"
-    options: ClassVar[dict[str, Option]] = {
-        "lambda_variance": Option(
-            2.5, "weight of the prediction-variance hinge", interval=NON_NEGATIVE
-        ),
-        "lambda_uniformity": Option(
-            0.5, "weight of the feature-uniformity potential", interval=NON_NEGATIVE
-        ),
-        "uniformity_level": Option(
-            "image",
-            "image: the uniformity term spreads one feature per image, its pixels' mean (the "
-            "original's one representation per sample); pixel: every pixel's feature",
-            choices=("image", "pixel"),
-        ),
-        "uniformity_samples": Option(
-            2048,
-            "most pixel features (sampled) in the uniformity term at uniformity_level pixel",
-            interval="[2, inf)",
-        ),
-        "variance_target": Option(
-            "labels",
-            "labels: γ_c = spread of the one-hot labels of class c in the batch, what a "
-            "perfect prediction reaches; balanced: γ = 1/√C (the classification original's, "
-            "unreachable for 2 classes)",
-            choices=("labels", "balanced"),
-        ),
-        "uniformity_sigma": Option(
-            "released",
-            "released: σ = median of the non-zero squared distances, with gradient; "
-            "detached: median of all, without",
-            choices=("released", "detached"),
-        ),
-    }
+    options = METHODS[name].options
 
     def build_model(self):
         return build_tapped_unet(self)

@@ -19,9 +19,6 @@ partition) over the clients' prototypes; down go the cluster means (``protos``,
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from ..schema import POSITIVE, Option
 from ._protos import (
     PixelPrototypeAlgorithm,
     class_mean_gap,
@@ -30,15 +27,12 @@ from ._protos import (
     pixel_rows,
     prototype_infonce,
 )
+from .methods import METHODS
 
 
 class FPL(PixelPrototypeAlgorithm):
     name = "fpl"
-    options: ClassVar[dict[str, Option]] = {
-        "tau": Option(
-            0.02, "InfoNCE temperature of the cluster-prototype contrast", interval=POSITIVE
-        ),
-    }
+    options = METHODS[name].options
 
     def prototype_loss(self, features, masks, ctx):
         payload = ctx.global_payload

@@ -31,14 +31,13 @@ Options:
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..aggregation import weighted_average
-from ..schema import NON_NEGATIVE, Option
 from .base import Algorithm, ClientUpdate, LocalContext
+from .methods import METHODS
 
 FROZEN_KEY = "harmofl/amplitude_frozen"
 AMPLITUDE_KEY = "amplitude_norm.running_amplitude"
@@ -157,22 +156,7 @@ def perturb_weights(parameters, alpha: float) -> list[tuple[torch.Tensor, torch.
 
 class HarmoFL(Algorithm):
     name = "harmofl"
-    options: ClassVar[dict[str, Option]] = {
-        "alpha": Option(
-            0.05,
-            "radius of the weight perturbation (0: plain optimiser steps)",
-            interval=NON_NEGATIVE,
-        ),
-        "amplitude_ratio": Option(
-            0.0,
-            "half-side of the swapped low-frequency amplitude square over the image side; "
-            "0 swaps the DC amplitude only, as the released code (L=0)",
-            interval="[0, 0.5)",
-        ),
-        "amplitude_momentum": Option(
-            0.1, "moving-average momentum of the amplitude buffer", interval="[0, 1]"
-        ),
-    }
+    options = METHODS[name].options
 
     def build_model(self):
         amplitude_norm = AmplitudeNormalization(

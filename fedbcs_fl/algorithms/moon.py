@@ -27,16 +27,15 @@ Options:
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..losses import multi_positive_infonce
-from ..schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Option
 from ._features import TappedUNet, build_tapped_unet
 from .base import Algorithm, LocalContext
+from .methods import METHODS
 
 # The client's persistent state keeps its weights between rounds; the round's scratch
 # holds the frozen models built from them and from the global weights.
@@ -90,11 +89,7 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 
 class MOON(Algorithm):
     name = "moon"
-    options: ClassVar[dict[str, Option]] = {
-        "mu": Option(1.0, "μ, weight of the model-contrastive term", interval=NON_NEGATIVE),
-        "tau": Option(0.5, "temperature of the model-contrastive term", interval=POSITIVE),
-        "proj_dim": Option(256, "output width of the projection head", interval=AT_LEAST_ONE),
-    }
+    options = METHODS[name].options
 
     def build_model(self):
         return ProjectedUNet(build_tapped_unet(self), int(self.opt["proj_dim"]))

@@ -56,9 +56,10 @@ from .readers import (
 )
 from .samples import assemble_sites, neighbour_slices, quantize, resize
 from .site_folders import Case, read_site_folders, select_sites
+from .sources import data_source
 from .splits import assign_split, check_fractions, load_split_file
 
-IMAGE_SIZE = 128
+IMAGE_SIZE = data_source("folder").defaults.image_size  # declared with the source (sources.py)
 DATASET_JSON = "dataset.json"
 FILE_ENDINGS = (*PICTURE_SUFFIXES, *NIFTI_SUFFIXES)
 MAX_CLASSES = 256  # labels are kept as uint8

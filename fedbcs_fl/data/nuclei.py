@@ -31,14 +31,13 @@ from .problems import DataError, Problem, Report, site_report
 from .readers import PICTURE_SUFFIXES, as_label_map, read_picture
 from .samples import assemble_sites, quantize, resize
 from .site_folders import Case, broken_link, read_site_folders, select_sites
+from .sources import NUCLEI_INTENSITIES, data_source
 from .splits import assign_split, check_fractions, load_split_file
 
-DOMAINS = ("TCIA", "CRC", "KIRC", "TNBC")
-IMAGE_SIZE = 256  # the paper's sample side
-CHANNELS = 3  # RGB
-# How images are scaled to [0, 1] (``load_nuclei``'s ``intensity``): per image from its
-# minimum to its maximum (the released code), or by the pixel type's maximum.
-NUCLEI_INTENSITIES = ("minmax", "dtype")
+# The source's declaration (sources.py): its sites, the paper's sample side, its channels.
+DOMAINS = data_source("nuclei").sites
+IMAGE_SIZE = data_source("nuclei").defaults.image_size
+CHANNELS = data_source("nuclei").in_channels
 _LISTS = {"train": "train.txt", "test": "val.txt"}
 _SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 

@@ -32,11 +32,13 @@ from .problems import DataError, Problem, Report, site_report
 from .readers import NIFTI_SUFFIXES, clip_and_scale, format_values, read_volume
 from .samples import assemble_sites, neighbour_slices, quantize, resize
 from .site_folders import Case, broken_link, read_site_folders, select_sites
+from .sources import data_source
 from .splits import assign_split, check_fractions, load_split_file
 
-SITES = ("BIDMC", "HK", "I2CVB", "ISBI", "ISBI_1.5", "UCL")
-IMAGE_SIZE = 384  # the paper's sample side
-CHANNELS = 3  # an axial slice and its two neighbours
+# The source's declaration (sources.py): its sites, the paper's sample side, its channels.
+SITES = data_source("prostate").sites
+IMAGE_SIZE = data_source("prostate").defaults.image_size
+CHANNELS = data_source("prostate").in_channels
 # Some sources label the central gland and the peripheral zone apart; both are prostate.
 LABELS = (0, 1, 2)
 _MASK_SUFFIX = "_segmentation"

@@ -17,6 +17,7 @@ from fedbcs_fl.config import RunConfig
 from fedbcs_fl.data import data_source, load_sites, synthetic
 from fedbcs_fl.data.plots import save_site_grid
 from fedbcs_fl.data.synthetic import SITE_SIZES, SYNTHETIC_SITES, make_synthetic
+from fedbcs_fl.data.synthetic_sites import SITES
 
 DATASETS = list(SYNTHETIC_SITES)
 
@@ -111,7 +112,7 @@ def test_train_and_test_are_disjoint(name):
 
 
 def _magnification(name, site):
-    return synthetic._SITES[name][site].magnification
+    return SITES[name][site].magnification
 
 
 def test_nuclei_cover_the_same_share_of_every_site(large):
@@ -151,7 +152,7 @@ def test_nuclei_look_larger_at_higher_magnification(large):
 @pytest.mark.parametrize("name", DATASETS)
 def test_masks_do_not_depend_on_the_site_style(name, monkeypatch):
     """Rendering a site with another site's styles changes the images, never the masks."""
-    sites = synthetic._SITES[name]
+    sites = SITES[name]
     first, second = SYNTHETIC_SITES[name][:2]
     (before,) = make_synthetic(name, n_train=4, n_test=2, sites=[second])
     restyled = dataclasses.replace(sites[second], styles=sites[first].styles)

@@ -5,8 +5,14 @@ import math
 
 import pytest
 
-from fedbcs_fl.algorithms import algorithm_class, all_algorithms, build_algorithm
+from fedbcs_fl.algorithms import METHODS, algorithm_class, all_algorithms, build_algorithm
 from fedbcs_fl.config import RunConfig
+
+
+def test_each_class_checks_the_options_its_method_declares():
+    # ``fedbcs train --help`` reads METHODS, without importing the classes (issue 18).
+    for method, cls in all_algorithms().items():
+        assert cls.name == method and cls.options is METHODS[method].options, method
 
 
 def test_every_option_of_every_method_has_help_and_a_type_its_name_keeps():
