@@ -6,6 +6,7 @@ algorithm decides the loss, the optimiser step and the payload.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -139,9 +140,19 @@ def local_train(
 
 def single_images(loader) -> list | DataLoader:
     """Every image of ``loader`` in a batch of its own, in the data set's order: a
-    DataLoader's data set one at a time, or each batch of a list of batches split."""
+    DataLoader's data set one at a time, or each batch of a list of batches split.
+
+    A data set that augments (``augment``, e.g. the real sets' flips and rotations) is read
+    without: an image's prototype then depends on that image alone, and the pass draws
+    nothing from the global RNG (nor does its loader, which has a generator of its own), so
+    a run's training draws the same with prototype DP as without.
+    """
     if isinstance(loader, DataLoader):
-        return DataLoader(loader.dataset, batch_size=1, shuffle=False)
+        dataset = loader.dataset
+        if getattr(dataset, "augment", False):
+            dataset = copy.copy(dataset)  # the training loader keeps augmenting
+            dataset.augment = False
+        return DataLoader(dataset, batch_size=1, shuffle=False, generator=torch.Generator())
     return [(x[i : i + 1], y[i : i + 1]) for x, y in loader for i in range(x.shape[0])]
 
 

@@ -339,6 +339,8 @@ class RunConfig:
             )
         if "version" in data:
             data = cls._as_it_ran(data, source)
+        elif "method_defaults_version" in data:
+            data = cls._with_method_defaults_of(data, source)
         values = dict(data)
         values |= _checked({name: values[name] for name in RUN_SETTINGS if name in values}, source)
         if not isinstance(values.get("method_options", {}), dict):
@@ -361,14 +363,26 @@ class RunConfig:
             data["data_version"] = 1  # written before the generators had versions
         if not set(BEFORE_FIDELITY) & set(data):
             data = cls._before_fidelity(data)
-        # The defaults of the file's version become explicit options, so the loaded config,
-        # now of the current version, runs as the file's run did.
-        legacy = method_options_of_version(
-            data.get("method", cls.method), data.get("method_defaults_version", 1)
-        )
-        data["method_options"] = {**legacy, **data.get("method_options", {})}
-        data["method_defaults_version"] = METHOD_DEFAULTS_VERSION
-        return data
+        return cls._with_method_defaults_of({"method_defaults_version": 1, **data}, source)
+
+    @classmethod
+    def _with_method_defaults_of(cls, data: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """``data`` with the method defaults of its ``method_defaults_version`` made
+        explicit options, so the config, now of the current version, runs as the file's
+        run did. ``ValueError`` for a version that is not an integer from 1 to
+        :data:`METHOD_DEFAULTS_VERSION` (a newer one was written by a newer fedbcs)."""
+        version = data["method_defaults_version"]
+        if type(version) is not int or not 1 <= version <= METHOD_DEFAULTS_VERSION:
+            raise ValueError(
+                f"{source} has method_defaults_version {version!r}; this fedbcs reads 1 to "
+                f"{METHOD_DEFAULTS_VERSION} (a newer one was written by a newer fedbcs)"
+            )
+        legacy = method_options_of_version(data.get("method", cls.method), version)
+        return {
+            **data,
+            "method_options": {**legacy, **data.get("method_options", {})},
+            "method_defaults_version": METHOD_DEFAULTS_VERSION,
+        }
 
     @classmethod
     def _before_fidelity(cls, data: dict) -> dict:

@@ -6,7 +6,7 @@ From a finished run folder of a method whose server sends per-class prototype me
 
 1. the global model's head at each class's global prototype: the logit margin of the
    class over the best other class (negative: the head reads the prototype as another
-   class);
+   class; None for a class without one);
 2. one more local round per site from the last global model: each local model's Dice on
    its own training images and the share of pixels it calls each class.
 
@@ -48,8 +48,13 @@ def main(run: Path) -> None:
     payload = simulation.global_payload
     if "mean" not in payload:
         sys.exit(f"{config.method} sends no per-class prototype means: nothing to check")
-    margins = head_margins(simulation.global_model, payload["mean"])
-    print("head margin at each class's global prototype:", [round(m, 2) for m in margins])
+    device = next(simulation.global_model.parameters()).device
+    margins = head_margins(simulation.global_model, payload["mean"].to(device))
+    present = payload["mean_present"].tolist()
+    print(
+        "head margin at each class's global prototype:",
+        [round(m, 2) if sent else None for m, sent in zip(margins, present, strict=True)],
+    )
     batch = config.eval_batch_size
     for client, site in zip(simulation.clients, sites, strict=True):
         update = simulation.train_client(

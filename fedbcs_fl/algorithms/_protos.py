@@ -2,7 +2,8 @@
 
 :class:`PixelPrototypeAlgorithm` runs the tapped UNet, adds the method's prototype loss
 on the pixel features (the last decoder block's output, baselines.md), and by default
-sends the exact class means of those features over the last local epoch: the present
+sends the exact class means of those features over the last local epoch (under
+prototype DP, over the pass after training, one image at a time): the present
 classes' rows under ``protos`` and their class ids under ``labels``, as its ``uploads``
 declare (``PIXEL_PROTOTYPES``, :mod:`fedbcs_fl.payload`).
 """
@@ -148,7 +149,8 @@ class PixelPrototypeAlgorithm(Algorithm):
         raise NotImplementedError
 
     def record_prototypes(self, features: torch.Tensor, masks: torch.Tensor, ctx: LocalContext):
-        """Accumulate what the payload is built from (last local epoch, under no_grad)."""
+        """Accumulate what the payload is built from, under no_grad: from the last local
+        epoch's steps, or from the pass after training under prototype DP (:meth:`record_batch`)."""
         accumulate_class_sums(ctx, "", partial(class_sums, features), masks, self.num_classes)
 
     def record_batch(self, model, images, masks, ctx: LocalContext):

@@ -141,6 +141,12 @@ class Algorithm:
             raise ValueError(
                 f"prototype DP is on but {self.name}, as configured, sends no prototypes"
             )
+        if proto_dp_on(config) and type(self).record_batch is Algorithm.record_batch:
+            # Its prototypes would come from the training batches, not the private pass.
+            raise ValueError(
+                f"prototype DP needs {self.name} to record its prototypes in the pass after "
+                "training (Algorithm.record_batch), and it does not"
+            )
 
     # ---- model --------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ features come from a pass of the trained model after local training (``prototype
 ``after-training``): over the batches of the last local epoch, kept for it, so the pass
 neither reads the data again nor moves the loader's shuffling. ``last-epoch`` takes the
 features of the training steps themselves, as every other prototype method here.
-With prototype DP on (docs/privacy.md) the first level is replaced by one noisy mean per
-class of the clipped image means: FINCH over private data has no bounded sensitivity.
+With prototype DP on (docs/privacy.md) the image means come from the private pass over
+every training image, one at a time, whatever ``prototype_pass`` says, and the first level
+is replaced by one noisy mean per class of the clipped image means: FINCH over private
+data has no bounded sensitivity.
 Server (second level): size-weighted FedAvg of the weights; per class, FINCH again over
 all clients' cluster prototypes; down go the global cluster prototypes (``protos``,
 ``labels``) and their per-class mean (``mean``, ``mean_present``).
@@ -46,7 +48,7 @@ from ._protos import (
 from .methods import METHODS
 
 COS_EPS = 1e-6  # lower clamp of the cosines raised to α: s^α has an infinite slope at 0
-# The round's scratch: (means, class ids) of every image of the last local epoch, and
+# The round's scratch: (means, class ids) of every image of the pass it takes them from, and
 # that epoch's batches (images, labels) for the pass after training.
 IMAGE_MEANS_KEY = "fedplvm/image_means"
 BATCHES_KEY = "fedplvm/batches"

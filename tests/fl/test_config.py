@@ -164,3 +164,17 @@ def test_resume_takes_no_config_file(tmp_path, capsys):
     args = ["train", "--resume", str(tmp_path), "--config", str(tmp_path / "c.json")]
     assert main(args) == 2
     assert "--resume continues a run with its own config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", [4, 0, "2", 2.0, None])
+def test_a_method_defaults_version_this_fedbcs_does_not_know_is_an_error(version):
+    data = json.loads(RunConfig(method="feduv").resolved().to_json())
+    data["method_defaults_version"] = version
+    with pytest.raises(ValueError, match=r"method_defaults_version .* reads 1 to 3"):
+        RunConfig.from_json(json.dumps(data), source="run/config.json")
+
+
+def test_a_config_without_version_gets_the_method_defaults_it_names():
+    config = RunConfig.from_dict({"method": "feduv", "method_defaults_version": 2})
+    assert config.method_options == {"uniformity_level": "pixel"}
+    assert config.method_defaults_version == 3

@@ -1,5 +1,5 @@
-"""docs/scripts/collapse_check.py, whose figures docs/results.md quotes ("Why FedProto, FPL
-and FedPLVM collapse")."""
+"""docs/scripts/: collapse_check.py and privacy_curve.py, whose figures docs/results.md
+quotes ("Why FedProto, FPL and FedPLVM collapse", "Privacy–utility")."""
 
 from __future__ import annotations
 

@@ -216,3 +216,36 @@ def test_a_private_run_reports_epsilon_and_draws_the_same_noise_again():
         assert all(torch.equal(first.payload[k], second.payload[k]) for k in first.payload)
     _, _, other_seed = _private_run(seed=1)
     assert not torch.equal(replies[0][1].payload["protos"], other_seed[0][1].payload["protos"])
+
+
+def test_a_method_that_records_no_prototypes_in_the_pass_is_refused_under_dp():
+    from fedbcs_fl.algorithms._protos import PIXEL_PROTOTYPES
+    from fedbcs_fl.algorithms.base import Algorithm
+
+    class TrainingBatchesOnly(Algorithm):  # records in training_loss, not in record_batch
+        uploads = (PIXEL_PROTOTYPES,)
+
+    config = tiny_config("fedavg", proto_dp_noise=1.0)
+    with pytest.raises(ValueError, match="record its prototypes in the pass after training"):
+        TrainingBatchesOnly(config, 3, 2)
+    TrainingBatchesOnly(tiny_config("fedavg"), 3, 2)  # without DP it is fine
+
+
+def test_the_private_pass_reads_images_unaugmented_and_leaves_the_global_rng():
+    from torch.utils.data import DataLoader
+
+    from fedbcs_fl.client import single_images
+    from fedbcs_fl.data.samples import SegmentationSamples
+
+    images = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
+    masks = torch.randint(0, 2, (4, 8, 8), dtype=torch.uint8)
+    train = SegmentationSamples(images, masks, ["a", "a", "b", "b"], augment=True)
+    loader = DataLoader(train, batch_size=2, shuffle=True)
+    before = torch.get_rng_state()
+    batches = list(single_images(loader))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert [x.shape[0] for x, _ in batches] == [1, 1, 1, 1]
+    for index, (image, mask) in enumerate(batches):
+        assert torch.equal(image[0], images[index].float() / 255)
+        assert torch.equal(mask[0], masks[index].long())
+    assert train.augment  # the training loader still augments
