@@ -11,8 +11,9 @@ feature f (last decoder block):
 τ = 0.1; both via logsumexp, plain means over the pixels whose class has a positive.
 Before a client has sent prototypes (round 1) both terms are 0.
 
-Payload up: one prototype per class present (exact class mean over the last local epoch; under prototype DP over the pass after training),
-``steps`` = (local steps done, local steps scheduled), and ``owner``, the client's id.
+Payload up: one prototype per class present (exact class mean over the last local epoch;
+under prototype DP over the pass after training), ``steps`` = (local steps done, local
+steps scheduled), and ``owner``, the client's id.
 Server (global process-aware aggregation): weights averaged with n_k · done_k /
 scheduled_k, normalised (screening rejects a ``steps`` that is not 0 < done ≤ scheduled);
 every client's prototypes go down unchanged (``protos``, ``labels``) with the id of the

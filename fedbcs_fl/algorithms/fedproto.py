@@ -12,7 +12,8 @@ there are none and L_proto = 0.
 
 Payload up: one prototype per class present, the exact class mean of the pixel features
 over the last local epoch (under prototype DP, over the pass after training). Server:
-size-weighted FedAvg of the weights; per class, the unweighted mean of the clients' prototypes (``mean`` [K, D] and ``mean_present`` [K]).
+size-weighted FedAvg of the weights; per class, the unweighted mean of the clients'
+prototypes (``mean`` [K, D] and ``mean_present`` [K]).
 """
 
 from __future__ import annotations
