@@ -80,17 +80,29 @@ class StreamEmbedding:
         self.target_size = tuple(target_size)
         self.proto_dim = fusions[0].out_channels
         self.dim = len(partners) * self.proto_dim
+        # The last mask's pixel index and the levels gathered at it: ``sq_norm`` and
+        # ``dot`` at the same pixels share them (see :meth:`_pixel_index`).
+        self._gathered: tuple | None = None
+        self._resized: dict[int, torch.Tensor] = {}  # levels resampled to the target, once
 
     def _parts(self):
         """Per fused level: (e_l, e_p, A_l, B_l, b_l), e_l no finer than the target.
 
         Every term is per pixel, so nearest-downsampling e_l to a coarser target first
-        gives the same result without computing pixels that would be dropped.
+        gives the same result without computing pixels that would be dropped. The
+        downsampled e_l is made once per embedding, one tensor for every call, so that
+        its gather at a mask's pixels is shared too (:meth:`_at`); one made with autograd
+        off (e.g. for the prototype sums) is not kept, as it would cut later gradients.
         """
         for level, (partner, fusion) in enumerate(zip(self.partners, self.fusions, strict=True)):
             e, e_partner = self.levels[level], self.levels[partner]
             if e.shape[-2] >= self.target_size[0] and e.shape[-1] >= self.target_size[1]:
-                e = _resize(e, self.target_size)
+                if level in self._resized:
+                    e = self._resized[level]
+                else:
+                    e = _resize(e, self.target_size)
+                    if torch.is_grad_enabled():  # one made without a graph would cut it
+                        self._resized[level] = e
             weight = fusion.weight[:, :, 0, 0]
             yield e, e_partner, weight[:, : e.shape[1]], weight[:, e.shape[1] :], fusion.bias
 
@@ -103,25 +115,53 @@ class StreamEmbedding:
             )
 
     def _pixel_index(self, pixels: torch.Tensor):
-        """(batch, row, col) of the True entries of a ``[B, Ht, Wt]`` bool mask."""
+        """(batch, row, col) of the True entries of a ``[B, Ht, Wt]`` bool mask.
+
+        Kept for the last mask, with the full-resolution levels gathered at it (see
+        :meth:`_at`), while that mask is unchanged (same object, no in-place write since):
+        :meth:`sq_norm` and :meth:`dot` at the same pixels then share one nonzero and one
+        gather per level, in the forward and in the backward.
+        """
+        cached = self._gathered
+        if cached is not None and cached[0] is pixels and cached[1] == pixels._version:
+            return cached[2]
         check_tensor("pixels", pixels, ndim=3)
         if pixels.dtype != torch.bool or tuple(pixels.shape[1:]) != self.target_size:
             raise ValueError(
                 f"pixels must be a bool mask of shape [B, {self.target_size[0]}, "
                 f"{self.target_size[1]}], got {pixels.dtype} {tuple(pixels.shape)}"
             )
-        return pixels.nonzero(as_tuple=True)
+        index = pixels.nonzero(as_tuple=True)
+        self._gathered = (pixels, pixels._version, index, {})
+        return index
 
     def _at(self, x: torch.Tensor, index) -> torch.Tensor:
         """``x [B, C, h, w]`` (or ``[B, h, w]``) at the target pixels ``index``, nearest:
         ``[A, C]`` (or ``[A]``). Equal to resampling x to the target, then selecting.
 
-        An ``index_select`` on the pixel-major view: its backward is an ``index_add``,
-        far faster on CPU than the accumulating ``index_put`` of advanced indexing when
-        many target pixels share one coarse pixel.
+        A map at the target's own resolution is gathered from its channel-first layout:
+        no pixel is read twice, and the gradient lands in x's own layout (a pixel-major
+        copy of a full-resolution level, and its gradient's copy back, cost more than the
+        alignment's arithmetic). Such a gather of a level is kept for the mask's index
+        (:meth:`_pixel_index`), for the other of ``dot`` and ``sq_norm``. A coarser map is
+        gathered with an ``index_select`` on its pixel-major view: its backward is an
+        ``index_add``, far faster on CPU than the accumulating ``index_put`` of advanced
+        indexing when many target pixels share one coarse pixel.
         """
         batch, row, col = index
         h, w = x.shape[-2:]
+        if (h, w) == self.target_size:
+            cached = self._gathered
+            shared = cached is not None and cached[2] is index
+            if shared and id(x) in cached[3] and cached[3][id(x)][0] is x:
+                return cached[3][id(x)][1]
+            flat = row * w + col
+            if x.ndim == 3:
+                return x.flatten(1)[batch, flat]
+            gathered = x.flatten(2)[batch, :, flat]
+            if shared and torch.is_grad_enabled():  # one made without a graph would cut it
+                cached[3][id(x)] = (x, gathered)
+            return gathered
         rows = row * h // self.target_size[0]
         cols = col * w // self.target_size[1]
         flat = (batch * h + rows) * w + cols
@@ -175,22 +215,34 @@ class StreamEmbedding:
 
     def _sq_norm_at(self, index) -> torch.Tensor:
         """The terms of :meth:`sq_norm` at target pixels only: the partner's own terms at
-        its (coarse) resolution; the level's terms at its resolution when it has fewer
-        pixels than there are target pixels, at the gathered pixels otherwise."""
+        its (coarse) resolution, once per partner for all the levels fused with it (their
+        quadratic forms summed first: ``Σ_l B_lᵀB_l``); the level's terms at its resolution
+        when it has fewer pixels than there are target pixels, at the gathered pixels
+        otherwise."""
         count = index[0].numel()
         total = 0
-        for e, e_partner, a, b, bias in self._parts():
-            deep = _conv1x1(e_partner, b.T @ b) + 2 * (b.T @ bias)[None, :, None, None]
-            total = total + self._at((e_partner * deep).sum(1), index) + bias @ bias
-            cross = _conv1x1(e_partner, a.T @ b)
+        partner_forms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for level, (e, e_partner, a, b, bias) in enumerate(self._parts()):
+            gram, linear_b = b.T @ b, 2 * (b.T @ bias)
+            partner = self.partners[level]
+            if partner in partner_forms:
+                gram = gram + partner_forms[partner][0]
+                linear_b = linear_b + partner_forms[partner][1]
+            partner_forms[partner] = (gram, linear_b)
+            total = total + bias @ bias
+            cross = _conv1x1(e_partner, 2 * (a.T @ b))
             if e.shape[0] * e.shape[-2] * e.shape[-1] < count:
-                linear = _conv1x1(e, a.T @ a) + 2 * (a.T @ bias)[None, :, None, None]
-                linear = linear + 2 * _resize(cross, e.shape[-2:])
+                linear = _conv1x1(e, a.T @ a) + (2 * (a.T @ bias))[None, :, None, None]
+                linear = linear + _resize(cross, e.shape[-2:])
                 total = total + self._at((e * linear).sum(1), index)
             else:
                 e_at = self._at(e, index)
-                linear = e_at @ (a.T @ a) + 2 * (a.T @ bias) + 2 * self._at(cross, index)
+                linear = e_at @ (a.T @ a) + 2 * (a.T @ bias) + self._at(cross, index)
                 total = total + (e_at * linear).sum(1)
+        for partner, (gram, linear_b) in partner_forms.items():
+            e_partner = self.levels[partner]
+            deep = _conv1x1(e_partner, gram) + linear_b[None, :, None, None]
+            total = total + self._at((e_partner * deep).sum(1), index)
         return total.clamp_min(0)
 
     def cosine(

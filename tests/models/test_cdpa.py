@@ -142,6 +142,51 @@ def test_selected_pixels_equal_materialised(embedded, stream, density):
         assert_relative(got, want, rtol=1e-4, what="gradient")
 
 
+@pytest.mark.parametrize("stream", ["encoder", "decoder"])
+def test_a_no_grad_use_first_leaves_the_gradients_whole(embedded, stream):
+    """An embedding keeps its resampled levels and their gathers at a mask's pixels for
+    the next call; a use with autograd off first (the prototype sums of a last local
+    epoch) must not hand the later loss tensors without a graph: every parameter, the
+    backbone's included, gets the gradient of a fresh embedding."""
+    model, x, labels, _ = embedded
+    x, labels = x[..., :32, :32], labels[..., :32, :32]
+    protos = torch.randn(4, model.head.embedding_dim(stream), generator=torch.Generator())
+
+    def grads(use_without_grad_first: bool):
+        model.zero_grad()
+        _, embeddings = model.forward_with_embeddings(x)
+        e = embeddings[stream]
+        mask = e.labels_at_target(labels) > 0
+        if use_without_grad_first:
+            with torch.no_grad():
+                e.prototype_sums(labels, NUM_CLASSES)
+                e.sq_norm(pixels=mask), e.dot(protos, pixels=mask)
+        sq_norm = e.sq_norm(pixels=mask)
+        (sq_norm.sum() + e.dot(protos, pixels=mask).square().sum()).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fresh, after = grads(False), grads(True)
+    assert len(after) == len(fresh)
+    for got, want in zip(after, fresh, strict=True):
+        assert_relative(got, want, rtol=1e-5, what="gradient")
+
+
+def test_a_mask_changed_in_place_is_read_again(embedded):
+    """The pixel index is kept for the last mask object: writing into that mask must not
+    leave the next call on the old pixels."""
+    *_, embeddings = embedded
+    e = embeddings["encoder"]
+    protos = torch.randn(3, e.dim)
+    mask = torch.rand(2, *e.target_size, generator=torch.Generator().manual_seed(2)) < 0.3
+    with torch.no_grad():
+        e.dot(protos, pixels=mask)
+        mask[:, : e.target_size[0] // 2] = True
+        got = e.dot(protos, pixels=mask)
+        want = e.dot(protos, pixels=mask.clone())
+    assert got.shape == want.shape
+    assert_relative(got, want, what="dot")
+
+
 def test_pixels_must_be_a_target_mask(embedded):
     *_, embeddings = embedded
     embedding = embeddings["decoder"]
