@@ -2,7 +2,7 @@
 
 Same UNet (init_features 32), batch 6, 128×128, one optimiser step. Time is timed with
 pytest-benchmark (group ``fl-step``, baseline provider ``fedavg``), and again with the two
-methods' steps alternating in one process (:func:`interleaved_minimum`; group
+methods' steps alternating in one process (:func:`interleaved_times`; group
 ``fl-step-interleaved``): the machine's drift between pytest-benchmark's two blocks of
 steps can exceed the difference being measured, and alternating exposes both methods to
 it alike. The step's peak memory is counted exactly (:func:`step_memory_mib`; group
@@ -11,6 +11,7 @@ it alike. The step's peak memory is counted exactly (:func:`step_memory_mib`; gr
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import pytest
@@ -66,9 +67,9 @@ def test_fl_step_time(benchmark, provider):
     benchmark.pedantic(step, rounds=8, iterations=1)
 
 
-def interleaved_minimum(rounds: int = 8) -> dict[str, float]:
-    """The fastest of ``rounds`` steps of FedAvg and of FedBCS (seconds), one step of each
-    in turn after a warm-up step of each."""
+def interleaved_times(rounds: int = 16) -> dict[str, list[float]]:
+    """``rounds`` step times (seconds) of FedAvg and of FedBCS, one step of each in turn
+    after a warm-up step of each: pair i ran back to back."""
     steps = {method: setup_fl_step(method)[0] for method in ("fedavg", "fedbcs")}
     times: dict[str, list[float]] = {method: [] for method in steps}
     for step in steps.values():
@@ -78,16 +79,25 @@ def interleaved_minimum(rounds: int = 8) -> dict[str, float]:
             start = time.perf_counter()
             step()
             times[method].append(time.perf_counter() - start)
-    return {method: min(seconds) for method, seconds in times.items()}
+    return times
 
 
 def test_fl_step_time_interleaved(benchmark):
+    """Two ratios: of the fastest steps, and the median of the per-pair ratios (each pair
+    ran back to back, so the machine's drift over the run cancels), with its quartiles."""
     benchmark.group = "fl-step-interleaved"
-    best = interleaved_minimum()
+    times = interleaved_times()
+    best = {method: min(seconds) for method, seconds in times.items()}
+    pairs = [b / a for a, b in zip(times["fedavg"], times["fedbcs"], strict=True)]
+    low, median, high = statistics.quantiles(pairs, n=4)
     ratio = best["fedbcs"] / best["fedavg"]
     benchmark.extra_info.update({f"{method}_s": seconds for method, seconds in best.items()})
-    benchmark.extra_info["ratio"] = ratio
-    print(f"\nstep time, interleaved (s): {best}  fedbcs / fedavg = {ratio:.3f}")
+    benchmark.extra_info.update(ratio=ratio, pair_ratio_median=median)
+    benchmark.extra_info.update(pair_ratio_quartiles=[low, high])
+    print(
+        f"\nstep time, interleaved (s): {best}  fedbcs / fedavg = {ratio:.3f} (fastest), "
+        f"{median:.3f} (median of {len(pairs)} pairs; quartiles {low:.3f}-{high:.3f})"
+    )
     benchmark.pedantic(lambda: None, rounds=1)
 
 
