@@ -80,29 +80,24 @@ class StreamEmbedding:
         self.target_size = tuple(target_size)
         self.proto_dim = fusions[0].out_channels
         self.dim = len(partners) * self.proto_dim
-        # The last mask's pixel index and the levels gathered at it: ``sq_norm`` and
-        # ``dot`` at the same pixels share them (see :meth:`_pixel_index`).
-        self._gathered: tuple | None = None
-        self._resized: dict[int, torch.Tensor] = {}  # levels resampled to the target, once
 
-    def _parts(self):
+    def _parts(self, memo: dict | None = None):
         """Per fused level: (e_l, e_p, A_l, B_l, b_l), e_l no finer than the target.
 
         Every term is per pixel, so nearest-downsampling e_l to a coarser target first
-        gives the same result without computing pixels that would be dropped. The
-        downsampled e_l is made once per embedding, one tensor for every call, so that
-        its gather at a mask's pixels is shared too (:meth:`_at`); one made with autograd
-        off (e.g. for the prototype sums) is not kept, as it would cut later gradients.
+        gives the same result without computing pixels that would be dropped. With a
+        ``memo`` (one call's, see :meth:`sq_norm_and_dot`), the downsampled e_l is made
+        once for every pass of that call.
         """
         for level, (partner, fusion) in enumerate(zip(self.partners, self.fusions, strict=True)):
             e, e_partner = self.levels[level], self.levels[partner]
             if e.shape[-2] >= self.target_size[0] and e.shape[-1] >= self.target_size[1]:
-                if level in self._resized:
-                    e = self._resized[level]
-                else:
+                if memo is None:
                     e = _resize(e, self.target_size)
-                    if torch.is_grad_enabled():  # one made without a graph would cut it
-                        self._resized[level] = e
+                else:
+                    if ("resized", level) not in memo:
+                        memo["resized", level] = _resize(e, self.target_size)
+                    e = memo["resized", level]
             weight = fusion.weight[:, :, 0, 0]
             yield e, e_partner, weight[:, : e.shape[1]], weight[:, e.shape[1] :], fusion.bias
 
@@ -115,25 +110,14 @@ class StreamEmbedding:
             )
 
     def _pixel_index(self, pixels: torch.Tensor):
-        """(batch, row, col) of the True entries of a ``[B, Ht, Wt]`` bool mask.
-
-        Kept for the last mask, with the full-resolution levels gathered at it (see
-        :meth:`_at`), while that mask is unchanged (same object, no in-place write since):
-        :meth:`sq_norm` and :meth:`dot` at the same pixels then share one nonzero and one
-        gather per level, in the forward and in the backward.
-        """
-        cached = self._gathered
-        if cached is not None and cached[0] is pixels and cached[1] == pixels._version:
-            return cached[2]
+        """(batch, row, col) of the True entries of a ``[B, Ht, Wt]`` bool mask."""
         check_tensor("pixels", pixels, ndim=3)
         if pixels.dtype != torch.bool or tuple(pixels.shape[1:]) != self.target_size:
             raise ValueError(
                 f"pixels must be a bool mask of shape [B, {self.target_size[0]}, "
                 f"{self.target_size[1]}], got {pixels.dtype} {tuple(pixels.shape)}"
             )
-        index = pixels.nonzero(as_tuple=True)
-        self._gathered = (pixels, pixels._version, index, {})
-        return index
+        return pixels.nonzero(as_tuple=True)
 
     def _at(self, x: torch.Tensor, index) -> torch.Tensor:
         """``x [B, C, h, w]`` (or ``[B, h, w]``) at the target pixels ``index``, nearest:
@@ -142,26 +126,18 @@ class StreamEmbedding:
         A map at the target's own resolution is gathered from its channel-first layout:
         no pixel is read twice, and the gradient lands in x's own layout (a pixel-major
         copy of a full-resolution level, and its gradient's copy back, cost more than the
-        alignment's arithmetic). Such a gather of a level is kept for the mask's index
-        (:meth:`_pixel_index`), for the other of ``dot`` and ``sq_norm``. A coarser map is
-        gathered with an ``index_select`` on its pixel-major view: its backward is an
-        ``index_add``, far faster on CPU than the accumulating ``index_put`` of advanced
-        indexing when many target pixels share one coarse pixel.
+        alignment's arithmetic). A coarser map is gathered with an ``index_select`` on its
+        pixel-major view: its backward is an ``index_add``, far faster on CPU than the
+        accumulating ``index_put`` of advanced indexing when many target pixels share one
+        coarse pixel.
         """
         batch, row, col = index
         h, w = x.shape[-2:]
         if (h, w) == self.target_size:
-            cached = self._gathered
-            shared = cached is not None and cached[2] is index
-            if shared and id(x) in cached[3] and cached[3][id(x)][0] is x:
-                return cached[3][id(x)][1]
             flat = row * w + col
             if x.ndim == 3:
                 return x.flatten(1)[batch, flat]
-            gathered = x.flatten(2)[batch, :, flat]
-            if shared and torch.is_grad_enabled():  # one made without a graph would cut it
-                cached[3][id(x)] = (x, gathered)
-            return gathered
+            return x.flatten(2)[batch, :, flat]
         rows = row * h // self.target_size[0]
         cols = col * w // self.target_size[1]
         flat = (batch * h + rows) * w + cols
@@ -169,40 +145,54 @@ class StreamEmbedding:
             return x.reshape(-1).index_select(0, flat)
         return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).index_select(0, flat)
 
-    def _level_at(self, e: torch.Tensor, weight: torch.Tensor, index, count: int):
-        """``weight [M, C]`` applied to ``e`` at the target pixels: ``[A, M]``.
+    def _level_at(self, level: int, e: torch.Tensor, weight: torch.Tensor, index, memo: dict):
+        """``weight [M, C]`` applied to level ``e`` at the target pixels: ``[A, M]``.
 
         Applied at e's own resolution and then gathered when e has fewer pixels than
-        there are target pixels; gathered first otherwise. Same result, less work.
+        there are target pixels; gathered first otherwise (:meth:`_gathered_level`).
+        Same result, less work.
         """
-        if e.shape[0] * e.shape[-2] * e.shape[-1] < count:
+        if e.shape[0] * e.shape[-2] * e.shape[-1] < index[0].numel():
             return self._at(_conv1x1(e, weight), index)
-        return self._at(e, index) @ weight.T
+        return self._gathered_level(level, e, index, memo) @ weight.T
+
+    def _gathered_level(self, level: int, e: torch.Tensor, index, memo: dict) -> torch.Tensor:
+        """Level ``e`` (as :meth:`_parts` gives it) at the target pixels, ``[A, C]``, made
+        once per ``memo``: one gather, and one scatter in the backward, for both the
+        ``dot`` and the ``sq_norm`` of :meth:`sq_norm_and_dot`."""
+        if ("at", level) not in memo:
+            memo["at", level] = self._at(e, index)
+        return memo["at", level]
 
     def dot(self, protos: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Dot products with prototypes ``[M, D]``: ``[B, M, Ht, Wt]``, or ``[A, M]`` at the
         ``A`` True pixels of the bool mask ``pixels [B, Ht, Wt]`` (row-major order)."""
         self._check_protos(protos)
-        chunks = protos.split(self.proto_dim, dim=1)
-        total = 0
         if pixels is not None:
-            index = self._pixel_index(pixels)
-            count = index[0].numel()
-            for (e, e_partner, a, b, bias), q in zip(self._parts(), chunks, strict=True):
-                total = total + self._level_at(e, q @ a, index, count) + q @ bias
-                total = total + self._at(_conv1x1(e_partner, q @ b), index)
-            return total
+            return self._dot_at(protos, self._pixel_index(pixels), {})
+        total = 0
+        chunks = protos.split(self.proto_dim, dim=1)
         for (e, e_partner, a, b, bias), q in zip(self._parts(), chunks, strict=True):
             part = _conv1x1(e, q @ a) + (q @ bias)[None, :, None, None]
             part = part + _resize(_conv1x1(e_partner, q @ b), e.shape[-2:])
             total = total + _resize(part, self.target_size)
         return total
 
+    def _dot_at(self, protos: torch.Tensor, index, memo: dict) -> torch.Tensor:
+        """:meth:`dot` at the target pixels ``index`` only: ``[A, M]``."""
+        total = 0
+        chunks = protos.split(self.proto_dim, dim=1)
+        parts = enumerate(self._parts(memo))
+        for (level, (e, e_partner, a, b, bias)), q in zip(parts, chunks, strict=True):
+            total = total + self._level_at(level, e, q @ a, index, memo) + q @ bias
+            total = total + self._at(_conv1x1(e_partner, q @ b), index)
+        return total
+
     def sq_norm(self, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Squared norm ``‖e‖²``: ``[B, Ht, Wt]``, or ``[A]`` at the True pixels of
         ``pixels`` (see :meth:`dot`)."""
         if pixels is not None:
-            return self._sq_norm_at(self._pixel_index(pixels))
+            return self._sq_norm_at(self._pixel_index(pixels), {})
         total = 0
         for e, e_partner, a, b, bias in self._parts():
             linear = _conv1x1(e, a.T @ a) + 2 * (a.T @ bias)[None, :, None, None]
@@ -213,7 +203,18 @@ class StreamEmbedding:
             total = total + _resize(part + bias @ bias, self.target_size)
         return total[:, 0].clamp_min(0)
 
-    def _sq_norm_at(self, index) -> torch.Tensor:
+    def sq_norm_and_dot(
+        self, protos: torch.Tensor, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sq_norm(pixels=pixels), dot(protos, pixels=pixels))`` in one pass: the mask's
+        index, the levels resampled to the target and their gathers at the pixels are
+        made once for both, which saves a full-resolution gather and its backward scatter
+        per level (the alignment loss needs both at the same pixels)."""
+        self._check_protos(protos)
+        index, memo = self._pixel_index(pixels), {}
+        return self._sq_norm_at(index, memo), self._dot_at(protos, index, memo)
+
+    def _sq_norm_at(self, index, memo: dict) -> torch.Tensor:
         """The terms of :meth:`sq_norm` at target pixels only: the partner's own terms at
         its (coarse) resolution, once per partner for all the levels fused with it (their
         quadratic forms summed first: ``Σ_l B_lᵀB_l``); the level's terms at its resolution
@@ -222,7 +223,7 @@ class StreamEmbedding:
         count = index[0].numel()
         total = 0
         partner_forms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for level, (e, e_partner, a, b, bias) in enumerate(self._parts()):
+        for level, (e, e_partner, a, b, bias) in enumerate(self._parts(memo)):
             gram, linear_b = b.T @ b, 2 * (b.T @ bias)
             partner = self.partners[level]
             if partner in partner_forms:
@@ -236,7 +237,7 @@ class StreamEmbedding:
                 linear = linear + _resize(cross, e.shape[-2:])
                 total = total + self._at((e * linear).sum(1), index)
             else:
-                e_at = self._at(e, index)
+                e_at = self._gathered_level(level, e, index, memo)
                 linear = e_at @ (a.T @ a) + 2 * (a.T @ bias) + self._at(cross, index)
                 total = total + (e_at * linear).sum(1)
         for partner, (gram, linear_b) in partner_forms.items():
@@ -244,6 +245,18 @@ class StreamEmbedding:
             deep = _conv1x1(e_partner, gram) + linear_b[None, :, None, None]
             total = total + self._at((e_partner * deep).sum(1), index)
         return total.clamp_min(0)
+
+    def _sq_norm_and_dots(self, protos, sq_norm, dots, pixels):
+        """The given ``sq_norm`` and ``dots``, each computed where missing (both in one
+        pass at ``pixels`` when both are)."""
+        self._check_protos(protos)
+        if sq_norm is None and dots is None and pixels is not None:
+            return self.sq_norm_and_dot(protos, pixels)
+        if sq_norm is None:
+            sq_norm = self.sq_norm(pixels)
+        if dots is None:
+            dots = self.dot(protos, pixels)
+        return sq_norm, dots
 
     def cosine(
         self,
@@ -265,11 +278,7 @@ class StreamEmbedding:
                 in one call with other prototypes.
             pixels: optional ``[B, Ht, Wt]`` bool mask of the pixels wanted.
         """
-        self._check_protos(protos)
-        if sq_norm is None:
-            sq_norm = self.sq_norm(pixels)
-        if dots is None:
-            dots = self.dot(protos, pixels)
+        sq_norm, dots = self._sq_norm_and_dots(protos, sq_norm, dots, pixels)
         norms = sq_norm.sqrt().clamp_min(eps).unsqueeze(1)
         proto_norms = protos.norm(dim=1).clamp_min(eps)
         if pixels is None:
@@ -285,11 +294,7 @@ class StreamEmbedding:
     ) -> torch.Tensor:
         """Squared distance ``‖e − q‖²`` to prototypes ``[M, D]``: ``[B, M, Ht, Wt]``, or
         ``[A, M]`` at the True pixels of ``pixels``; arguments as :meth:`cosine`."""
-        self._check_protos(protos)
-        if sq_norm is None:
-            sq_norm = self.sq_norm(pixels)
-        if dots is None:
-            dots = self.dot(protos, pixels)
+        sq_norm, dots = self._sq_norm_and_dots(protos, sq_norm, dots, pixels)
         proto_sq_norms = protos.square().sum(1)
         if pixels is None:
             proto_sq_norms = proto_sq_norms[:, None, None]

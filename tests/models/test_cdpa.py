@@ -9,7 +9,14 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from fedbcs_models import FUSIONS, CDPAHead, CDPAModel, UNet, build_fedbcs_unet
+from fedbcs_models import (
+    FUSIONS,
+    CDPAHead,
+    CDPAModel,
+    StreamEmbedding,
+    UNet,
+    build_fedbcs_unet,
+)
 from fedbcs_ops import reference
 
 RTOL = 1e-5
@@ -142,12 +149,47 @@ def test_selected_pixels_equal_materialised(embedded, stream, density):
         assert_relative(got, want, rtol=1e-4, what="gradient")
 
 
+@pytest.mark.parametrize("density", [0.02, 0.5])
+@pytest.mark.parametrize("stream", ["encoder", "decoder"])
+def test_sq_norm_and_dot_equal_the_two_calls(embedded, stream, density):
+    """The one-pass ``sq_norm_and_dot`` (shared index, resampled levels and gathers) gives
+    what ``sq_norm`` and ``dot`` give apart, in values and in the gradient of every
+    parameter, the backbone's included; a sparse mask gathers several levels."""
+    model, x, *_ = embedded
+    # float64: the two orders of summing the gradient agree to rounding, not to 1e-5 in
+    # float32.
+    model, x = copy.deepcopy(model).double(), x[..., :32, :32].double()
+    gen = torch.Generator().manual_seed(5)
+    protos = torch.randn(5, model.head.embedding_dim(stream), generator=gen, dtype=x.dtype)
+
+    def run(together: bool):
+        model.zero_grad()
+        _, embeddings = model.forward_with_embeddings(x)
+        e = embeddings[stream]
+        gen = torch.Generator().manual_seed(3)
+        mask = torch.rand(x.shape[0], *e.target_size, generator=gen) < density
+        if together:
+            sq_norm, dots = e.sq_norm_and_dot(protos, pixels=mask)
+        else:
+            sq_norm, dots = e.sq_norm(pixels=mask), e.dot(protos, pixels=mask)
+        (sq_norm.sqrt().sum() + dots.tanh().sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return [sq_norm.detach(), dots.detach()], grads
+
+    (values, grads), (want_values, want_grads) = run(True), run(False)
+    for got, want in zip(values, want_values, strict=True):
+        assert_relative(got, want, rtol=1e-12, what="value")
+    assert len(grads) == len(want_grads)
+    for got, want in zip(grads, want_grads, strict=True):
+        assert_relative(got, want, rtol=1e-10, what="gradient")
+
+
 @pytest.mark.parametrize("stream", ["encoder", "decoder"])
 def test_a_no_grad_use_first_leaves_the_gradients_whole(embedded, stream):
-    """An embedding keeps its resampled levels and their gathers at a mask's pixels for
-    the next call; a use with autograd off first (the prototype sums of a last local
-    epoch) must not hand the later loss tensors without a graph: every parameter, the
-    backbone's included, gets the gradient of a fresh embedding."""
+    """A use of the embedding with autograd off first (the prototype sums of a last local
+    epoch) leaves the later loss its whole graph: every parameter, the backbone's
+    included, gets the gradient of a fresh embedding (nothing made without a graph is
+    kept and handed to a later call)."""
     model, x, labels, _ = embedded
     x, labels = x[..., :32, :32], labels[..., :32, :32]
     protos = torch.randn(4, model.head.embedding_dim(stream), generator=torch.Generator())
@@ -160,9 +202,9 @@ def test_a_no_grad_use_first_leaves_the_gradients_whole(embedded, stream):
         if use_without_grad_first:
             with torch.no_grad():
                 e.prototype_sums(labels, NUM_CLASSES)
-                e.sq_norm(pixels=mask), e.dot(protos, pixels=mask)
-        sq_norm = e.sq_norm(pixels=mask)
-        (sq_norm.sum() + e.dot(protos, pixels=mask).square().sum()).backward()
+                e.sq_norm_and_dot(protos, pixels=mask)
+        sq_norm, dots = e.sq_norm_and_dot(protos, pixels=mask)
+        (sq_norm.sum() + dots.square().sum()).backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     fresh, after = grads(False), grads(True)
@@ -171,20 +213,26 @@ def test_a_no_grad_use_first_leaves_the_gradients_whole(embedded, stream):
         assert_relative(got, want, rtol=1e-5, what="gradient")
 
 
-def test_a_mask_changed_in_place_is_read_again(embedded):
-    """The pixel index is kept for the last mask object: writing into that mask must not
-    leave the next call on the old pixels."""
-    *_, embeddings = embedded
-    e = embeddings["encoder"]
-    protos = torch.randn(3, e.dim)
-    mask = torch.rand(2, *e.target_size, generator=torch.Generator().manual_seed(2)) < 0.3
-    with torch.no_grad():
-        e.dot(protos, pixels=mask)
-        mask[:, : e.target_size[0] // 2] = True
-        got = e.dot(protos, pixels=mask)
-        want = e.dot(protos, pixels=mask.clone())
-    assert got.shape == want.shape
-    assert_relative(got, want, what="dot")
+def test_pixel_terms_under_inference_mode_and_a_second_backward(embedded):
+    """The pixel terms work under ``torch.inference_mode`` (whose tensors have no version
+    counter), then with grad on the same mask, and a second loss on the same embedding
+    and mask backpropagates after the first one did."""
+    model, x, labels, _ = embedded
+    protos = torch.randn(3, model.head.embedding_dim("decoder"))
+    with torch.inference_mode():
+        _, embeddings = model.forward_with_embeddings(x)
+        e = embeddings["decoder"]
+        frozen_mask = e.labels_at_target(labels) > 0
+        assert e.sq_norm(pixels=frozen_mask).shape == (int(frozen_mask.sum()),)
+    levels = [level.clone().requires_grad_() for level in e.levels]
+    e = StreamEmbedding(levels, e.partners, e.fusions, e.target_size)
+    mask = frozen_mask.clone()
+    with torch.inference_mode():
+        e.sq_norm(pixels=mask)
+    e.sq_norm(pixels=mask).sum().backward()
+    first = levels[0].grad.clone()
+    e.dot(protos, pixels=mask).sum().backward()
+    assert not torch.equal(levels[0].grad, first)
 
 
 def test_pixels_must_be_a_target_mask(embedded):
