@@ -36,9 +36,18 @@ STREAMS = ("encoder", "decoder")
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
+    """``x [..., h, w]`` nearest-resampled to ``size``, as ``F.interpolate(mode="nearest")``.
+
+    Shrinking by whole factors is a strided view (nearest takes source pixel ``i·f``),
+    which copies nothing: ``interpolate`` copied a full-resolution level per call.
+    """
+    h, w = x.shape[-2:]
+    out_h, out_w = size
+    if (h, w) == (out_h, out_w):
         return x
-    return F.interpolate(x, size=tuple(size), mode="nearest")
+    if h % out_h == 0 and w % out_w == 0:
+        return x[..., :: h // out_h, :: w // out_w]
+    return F.interpolate(x, size=(out_h, out_w), mode="nearest")
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

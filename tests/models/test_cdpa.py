@@ -372,3 +372,28 @@ def test_paper_unet_parameter_counts(fsr, cdpa, count):
     """The figures in docs/models.md."""
     model = build_fedbcs_unet(3, 2, init_features=32, fsr=fsr, cdpa=cdpa)
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+@pytest.mark.parametrize(
+    "size, target",
+    [
+        ((32, 32), (8, 8)),
+        ((32, 16), (4, 8)),
+        ((30, 30), (8, 8)),
+        ((8, 8), (32, 32)),
+        ((12, 9), (4, 3)),
+    ],
+)
+def test_resize_is_nearest_interpolation(size, target):
+    """CDPA's resampling (a strided view when shrinking by whole factors) equals
+    ``F.interpolate(mode="nearest")``, values and gradient."""
+    from fedbcs_models._cdpa import _resize
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, *target, dtype=torch.float64)
+    got = _resize(x, target)
+    want = F.interpolate(x, size=target, mode="nearest")
+    assert torch.equal(got, want)
+    (grad,) = torch.autograd.grad((got * weights).sum(), x)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), x)
+    assert torch.equal(grad, want_grad)
