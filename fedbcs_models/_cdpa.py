@@ -90,23 +90,16 @@ class StreamEmbedding:
         self.proto_dim = fusions[0].out_channels
         self.dim = len(partners) * self.proto_dim
 
-    def _parts(self, memo: dict | None = None):
+    def _parts(self):
         """Per fused level: (e_l, e_p, A_l, B_l, b_l), e_l no finer than the target.
 
         Every term is per pixel, so nearest-downsampling e_l to a coarser target first
-        gives the same result without computing pixels that would be dropped. With a
-        ``memo`` (one call's, see :meth:`sq_norm_and_dot`), the downsampled e_l is made
-        once for every pass of that call.
+        gives the same result without computing pixels that would be dropped.
         """
         for level, (partner, fusion) in enumerate(zip(self.partners, self.fusions, strict=True)):
             e, e_partner = self.levels[level], self.levels[partner]
             if e.shape[-2] >= self.target_size[0] and e.shape[-1] >= self.target_size[1]:
-                if memo is None:
-                    e = _resize(e, self.target_size)
-                else:
-                    if ("resized", level) not in memo:
-                        memo["resized", level] = _resize(e, self.target_size)
-                    e = memo["resized", level]
+                e = _resize(e, self.target_size)
             weight = fusion.weight[:, :, 0, 0]
             yield e, e_partner, weight[:, : e.shape[1]], weight[:, e.shape[1] :], fusion.bias
 
@@ -169,9 +162,9 @@ class StreamEmbedding:
         """Level ``e`` (as :meth:`_parts` gives it) at the target pixels, ``[A, C]``, made
         once per ``memo``: one gather, and one scatter in the backward, for both the
         ``dot`` and the ``sq_norm`` of :meth:`sq_norm_and_dot`."""
-        if ("at", level) not in memo:
-            memo["at", level] = self._at(e, index)
-        return memo["at", level]
+        if level not in memo:
+            memo[level] = self._at(e, index)
+        return memo[level]
 
     def dot(self, protos: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Dot products with prototypes ``[M, D]``: ``[B, M, Ht, Wt]``, or ``[A, M]`` at the
@@ -191,7 +184,7 @@ class StreamEmbedding:
         """:meth:`dot` at the target pixels ``index`` only: ``[A, M]``."""
         total = 0
         chunks = protos.split(self.proto_dim, dim=1)
-        parts = enumerate(self._parts(memo))
+        parts = enumerate(self._parts())
         for (level, (e, e_partner, a, b, bias)), q in zip(parts, chunks, strict=True):
             total = total + self._level_at(level, e, q @ a, index, memo) + q @ bias
             total = total + self._at(_conv1x1(e_partner, q @ b), index)
@@ -216,9 +209,9 @@ class StreamEmbedding:
         self, protos: torch.Tensor, pixels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sq_norm(pixels=pixels), dot(protos, pixels=pixels))`` in one pass: the mask's
-        index, the levels resampled to the target and their gathers at the pixels are
-        made once for both, which saves a full-resolution gather and its backward scatter
-        per level (the alignment loss needs both at the same pixels)."""
+        index and the levels' gathers at the pixels are made once for both, which saves a
+        full-resolution gather and its backward scatter per level (the alignment loss
+        needs both at the same pixels)."""
         self._check_protos(protos)
         index, memo = self._pixel_index(pixels), {}
         return self._sq_norm_at(index, memo), self._dot_at(protos, index, memo)
@@ -232,7 +225,7 @@ class StreamEmbedding:
         count = index[0].numel()
         total = 0
         partner_forms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for level, (e, e_partner, a, b, bias) in enumerate(self._parts(memo)):
+        for level, (e, e_partner, a, b, bias) in enumerate(self._parts()):
             gram, linear_b = b.T @ b, 2 * (b.T @ bias)
             partner = self.partners[level]
             if partner in partner_forms:

@@ -108,6 +108,7 @@ class FedBCS(Algorithm):
         if not anchors.any() or protos.shape[0] == 0:
             return zero, zero
         # Only the anchor pixels, and one pass over the levels for both prototype sets.
+        # [A] and [A, M + K]
         sq_norm, dots = emb.sq_norm_and_dot(torch.cat([protos, mean]), pixels=anchors)
         proto_dots, mean_dots = dots.split([protos.shape[0], mean.shape[0]], dim=1)
         cosine = emb.cosine(protos, sq_norm, dots=proto_dots, pixels=anchors)  # [A, M]
